@@ -1,0 +1,45 @@
+#include "memory/buffer_pool.h"
+
+#include <algorithm>
+#include <new>
+#include <sys/mman.h>
+
+namespace remus {
+
+PageBuffer::~PageBuffer() {
+  if (data_) munmap(data_, capacity_);
+}
+
+std::unique_ptr<PageBuffer> PageBuffer::Allocate(size_t capacity) {
+  capacity = std::max<size_t>((capacity + 0xFFFF) & ~size_t{0xFFFF}, 0x10000);
+  void* p = mmap(nullptr, capacity, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_POPULATE, -1, 0);
+  if (p == MAP_FAILED) throw std::bad_alloc();
+  return std::make_unique<PageBuffer>(static_cast<uint8_t*>(p), capacity);
+}
+
+std::unique_ptr<PageBuffer> BufferPool::Take(size_t bytes) {
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    // Smallest retained buffer that fits.
+    auto best = free_.end();
+    for (auto it = free_.begin(); it != free_.end(); ++it)
+      if ((*it)->capacity() >= bytes && (best == free_.end() || (*it)->capacity() < (*best)->capacity())) best = it;
+    if (best != free_.end()) {
+      auto buf = std::move(*best);
+      free_.erase(best);
+      retained_ -= buf->capacity();
+      return buf;
+    }
+  }
+  // Leave room to grow: dirty sets fluctuate from epoch to epoch.
+  return PageBuffer::Allocate(bytes + bytes / 4);
+}
+
+void BufferPool::Give(std::unique_ptr<PageBuffer> buf) {
+  std::lock_guard<std::mutex> lock(mu_);
+  if (retained_ + buf->capacity() > max_retained_ || free_.size() >= 4) return;  // freed here
+  retained_ += buf->capacity();
+  free_.push_back(std::move(buf));
+}
+
+}  // namespace remus

@@ -1,0 +1,45 @@
+// Page buffers that are handed to JavaScript without a copy and come back when JS is
+// done with them (explicit release or garbage collection), so that steady-state epochs
+// read into memory that is already faulted in: a fresh buffer costs a page fault and a
+// zeroing per page, inside the pause.
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+#include <memory>
+#include <mutex>
+#include <vector>
+
+namespace remus {
+
+class PageBuffer {
+ public:
+  PageBuffer(uint8_t* data, size_t capacity) : data_(data), capacity_(capacity) {}
+  PageBuffer(const PageBuffer&) = delete;
+  PageBuffer& operator=(const PageBuffer&) = delete;
+  ~PageBuffer();
+  uint8_t* data() const { return data_; }
+  size_t capacity() const { return capacity_; }
+  static std::unique_ptr<PageBuffer> Allocate(size_t capacity);
+
+ private:
+  uint8_t* data_;
+  size_t capacity_;
+};
+
+class BufferPool : public std::enable_shared_from_this<BufferPool> {
+ public:
+  explicit BufferPool(size_t max_retained_bytes = 512u << 20) : max_retained_(max_retained_bytes) {}
+  // A buffer of at least `bytes`, reused when possible. Thread-safe.
+  std::unique_ptr<PageBuffer> Take(size_t bytes);
+  // Returns a buffer; kept for reuse while the pool holds less than its limit.
+  void Give(std::unique_ptr<PageBuffer> buf);
+
+ private:
+  std::mutex mu_;
+  std::vector<std::unique_ptr<PageBuffer>> free_;
+  size_t retained_ = 0;
+  size_t max_retained_;
+};
+
+}  // namespace remus

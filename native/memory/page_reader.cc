@@ -1,0 +1,84 @@
+#include "memory/page_reader.h"
+
+#include <cerrno>
+#include <climits>
+#include <cstring>
+#include <fcntl.h>
+#include <string>
+#include <sys/uio.h>
+#include <unistd.h>
+
+#include "core/errors.h"
+
+namespace remus {
+
+PageReader::PageReader(pid_t pid) : pid_(pid) {}
+
+PageReader::~PageReader() {
+  if (mem_fd_ >= 0) close(mem_fd_);
+}
+
+void PageReader::ReadSlow(uint64_t addr, uint64_t len, uint8_t* out) {
+  if (mem_fd_ < 0) {
+    mem_fd_ = open(("/proc/" + std::to_string(pid_) + "/mem").c_str(), O_RDONLY | O_CLOEXEC);
+    if (mem_fd_ < 0) ThrowSys(pid_, "read_pages", errno, "opening /proc/PID/mem");
+  }
+  while (len > 0) {
+    ssize_t n = pread(mem_fd_, out, len, static_cast<off_t>(addr));
+    if (n < 0 && errno == EINTR) continue;
+    if (n <= 0) {
+      // The range is gone (unmapped): it reads as nothing. Report it; the caller's
+      // layout no longer has it either if the target is frozen, so this is a real error.
+      ThrowSys(pid_, "read_pages", n < 0 ? errno : EFAULT,
+               "reading page " + std::to_string(addr) + " through /proc/PID/mem");
+    }
+    addr += static_cast<uint64_t>(n);
+    out += n;
+    len -= static_cast<uint64_t>(n);
+  }
+}
+
+void PageReader::Read(const std::vector<PageRange>& ranges, uint8_t* out) {
+  constexpr size_t kBatch = IOV_MAX;
+  std::vector<struct iovec> remote;
+  remote.reserve(kBatch);
+  size_t i = 0;
+  while (i < ranges.size()) {
+    remote.clear();
+    uint64_t batch_bytes = 0;
+    size_t first = i;
+    for (; i < ranges.size() && remote.size() < kBatch; ++i) {
+      uint64_t len = ranges[i].npages * 4096;
+      remote.push_back({reinterpret_cast<void*>(ranges[i].start), len});
+      batch_bytes += len;
+    }
+    struct iovec local = {out, batch_bytes};
+    ssize_t n = process_vm_readv(pid_, &local, 1, remote.data(), remote.size(), 0);
+    if (n < 0 && errno != EFAULT) ThrowSys(pid_, "read_pages", errno, "process_vm_readv");
+    uint64_t done = n < 0 ? 0 : static_cast<uint64_t>(n);
+    if (done < batch_bytes) {
+      // process_vm_readv stops at the first range it cannot read: finish the rest of the
+      // batch range by range, the unreadable ones through /proc/PID/mem.
+      uint64_t off = 0;
+      for (size_t k = first; k < i; ++k) {
+        uint64_t len = ranges[k].npages * 4096;
+        if (off + len <= done) {
+          off += len;
+          continue;
+        }
+        uint64_t skip = done > off ? done - off : 0;
+        uint64_t addr = ranges[k].start + skip;
+        uint64_t rest = len - skip;
+        struct iovec l = {out + off + skip, rest};
+        struct iovec r = {reinterpret_cast<void*>(addr), rest};
+        ssize_t m = process_vm_readv(pid_, &l, 1, &r, 1, 0);
+        uint64_t got = m > 0 ? static_cast<uint64_t>(m) : 0;
+        if (got < rest) ReadSlow(addr + got, rest - got, out + off + skip + got);
+        off += len;
+      }
+    }
+    out += batch_bytes;
+  }
+}
+
+}  // namespace remus

@@ -1,0 +1,127 @@
+#include "tracker/tracker.h"
+
+#include <cerrno>
+#include <fcntl.h>
+#include <sys/mman.h>
+#include <sys/syscall.h>
+
+#include "core/caps.h"
+#include "core/errors.h"
+#include "dirty/pagemap.h"
+#include "freeze/freezer.h"
+
+namespace remus {
+namespace {
+
+uint64_t NowNs() {
+  struct timespec ts;
+  clock_gettime(CLOCK_MONOTONIC, &ts);
+  return static_cast<uint64_t>(ts.tv_sec) * 1000000000ull + static_cast<uint64_t>(ts.tv_nsec);
+}
+
+// Every page with content in the tracked memory (for a full copy).
+std::vector<PageRange> AllPresent(const std::vector<Vma>& vmas, int pagemap_fd, pid_t pid) {
+  std::vector<PageRange> out;
+  std::vector<uint64_t> entries;
+  for (const auto& v : vmas) {
+    if (!v.private_memory()) continue;
+    if (int e = ReadPagemap(pagemap_fd, v.start, v.end, entries)) ThrowSys(pid, "pagemap", e, "reading /proc/PID/pagemap");
+    ParsePagemap(entries.data(), entries.size(), v.start, &out, nullptr, GetKernelCaps().uffd_marker_frame);
+  }
+  return out;
+}
+
+}  // namespace
+
+Tracker::Tracker(pid_t pid, TrackerOptions options)
+    : pid_(pid), options_(options), remote_(pid), reader_(pid), pool_(std::make_shared<BufferPool>()) {
+  ValidateTarget(pid);
+  choice_ = ChooseBackend(options.backend);
+  if (!choice_.available)
+    throw NativeError(ErrorCode::kBackendUnavailable, ENOTSUP, pid, "backend",
+                      "dirty-tracking backend '" + choice_.name + "' is unavailable: " + choice_.reason);
+}
+
+Tracker::~Tracker() = default;
+
+void Tracker::CheckAlive() {
+  if (!pagemap_.valid()) {
+    pagemap_.reset(open(("/proc/" + std::to_string(pid_) + "/pagemap").c_str(), O_RDONLY | O_CLOEXEC));
+    if (!pagemap_.valid()) ThrowSys(pid_, "open_pagemap", errno == ENOENT ? ESRCH : errno, "opening /proc/PID/pagemap");
+  }
+}
+
+AttachInfo Tracker::Attach() {
+  CheckAlive();
+  uint64_t t0 = NowNs();
+  Freezer freezer(pid_);
+  freezer.Freeze(options_.freeze_timeout);
+  std::vector<Vma> vmas = ReadMaps(pid_);
+  TargetView view{pid_, vmas, freezer, remote_, reader_, pagemap_.get()};
+  backend_ = MakeBackend(choice_.kind, pid_);
+  backend_->Arm(view);
+  AttachInfo info{choice_.name, choice_.reason, 0, freezer.threads().size()};
+  freezer.Thaw();
+  info.arm_ns = NowNs() - t0;
+  return info;
+}
+
+EpochData Tracker::Epoch(const EpochOptions& options) {
+  if (!backend_) throw NativeError(ErrorCode::kInvalidArgument, EINVAL, pid_, "epoch", "tracker is not attached");
+  EpochData data;
+  data.seq = ++seq_;
+  Freezer freezer(pid_);  // thaws on every exit path
+  uint64_t t0 = NowNs();
+  freezer.Freeze(options_.freeze_timeout);
+  uint64_t t1 = NowNs();
+  clock_gettime(CLOCK_MONOTONIC, &data.monotonic);
+  clock_gettime(CLOCK_BOOTTIME, &data.boottime);
+  clock_gettime(CLOCK_REALTIME, &data.realtime);
+  // The layout is needed to scan even when not reported.
+  data.vmas = ReadMaps(pid_);
+  if (options.layout) {
+    // brk is not in /proc (maps shows only its page-aligned end), so ask the target with
+    // an injected brk(0); only when the heap mapping moved, since injection costs a
+    // round of single-stepping. A brk that moved within its last page would be missed;
+    // that is harmless for restore (the kernel works on page-aligned brk).
+    std::pair<uint64_t, uint64_t> heap{0, 0};
+    for (const auto& v : data.vmas)
+      if (v.path == "[heap]") heap = {v.start, v.end};
+    if (!brk_known_ || heap != heap_) {
+      long brk = remote_.Call(freezer.Injector(), SYS_brk, {0, 0, 0, 0, 0, 0}, data.vmas);
+      if (brk < 0) ThrowSys(pid_, "brk", static_cast<int>(-brk), "brk(0) inside the target");
+      brk_ = static_cast<uint64_t>(brk);
+      heap_ = heap;
+      brk_known_ = true;
+    }
+    data.brk = brk_;
+  }
+  if (options.registers) {
+    size_t xsave = GetKernelCaps().xsave_size;
+    for (auto& t : freezer.threads()) {
+      data.threads.push_back(CaptureRegisters(pid_, t.tid, xsave));
+      data.threads.back().pending_signal = t.pending_signal;
+    }
+  }
+  uint64_t t2 = NowNs();
+  TargetView view{pid_, data.vmas, freezer, remote_, reader_, pagemap_.get()};
+  backend_->Collect(view, data.report);
+  data.ranges = std::move(data.report.ranges);
+  data.report.ranges.clear();
+  if (options.full) data.ranges = AllPresent(data.vmas, pagemap_.get(), pid_);
+  Normalize(data.ranges);
+  uint64_t t3 = NowNs();
+  if (options.pages) {
+    data.page_bytes = CountPages(data.ranges) * kPageSize;
+    data.pages = pool_->Take(data.page_bytes);
+    reader_.Read(data.ranges, data.pages->data());
+  }
+  uint64_t t4 = NowNs();
+  freezer.Thaw();
+  uint64_t t5 = NowNs();
+  data.timings = {t1 - t0, t2 - t1, t3 - t2, t4 - t3, t5 - t4, t5 - t0};
+  if (!options.layout) data.vmas.clear();
+  return data;
+}
+
+}  // namespace remus
