@@ -31,6 +31,11 @@ uint64_t HashPage(const uint8_t* page) {
   return h | 1;
 }
 
+const uint64_t HashBackend::kZeroHash = [] {
+  static const uint8_t zero[4096] = {};
+  return HashPage(zero);
+}();
+
 void HashBackend::Arm(TargetView& target) {
   DirtyReport discard;
   Collect(target, discard);
@@ -68,6 +73,9 @@ void HashBackend::Collect(TargetView& target, DirtyReport& out) {
         for (uint64_t i = 0; i < part.npages; ++i) {
           uint64_t addr = part.start + i * 4096;
           uint64_t h = HashPage(buf_.data() + i * 4096);
+          // A page without content reads as zeros: both count as the zero page (reading a
+          // dropped page maps the zero page, which must not look like a write).
+          if (h == kZeroHash) continue;
           next[addr] = h;
           auto old = hashes_.find(addr);
           if (old == hashes_.end()) {
@@ -79,7 +87,7 @@ void HashBackend::Collect(TargetView& target, DirtyReport& out) {
       }
     }
   }
-  // Pages that had content and have none now (still mapped): they read as zeros.
+  // Pages that had content and have none (or only zeros) now: they read as zeros.
   for (const auto& [addr, h] : hashes_) {
     if (next.count(addr) || now.Inside(addr, addr + 4096).empty()) continue;
     out.Add(addr, 1, out.pages_zapped);

@@ -20,6 +20,7 @@ class HashBackend : public DirtyBackend {
   void Collect(TargetView& target, DirtyReport& out) override;
 
  private:
+  static const uint64_t kZeroHash;
   Selector select_;
   IntervalSet tracked_;
   std::unordered_map<uint64_t, uint64_t> hashes_;  // page address -> hash of its content

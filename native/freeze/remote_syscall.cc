@@ -39,6 +39,25 @@ uint64_t RemoteSyscall::FindSyscallInsn(const std::vector<Vma>& vmas) {
                     "no syscall instruction found in the executable mappings of process " + std::to_string(pid_));
 }
 
+// After a single-step the thread sits in a SIGTRAP signal-delivery stop. If the tracer
+// died there, the kernel would resume the thread *delivering SIGTRAP*, which kills it.
+// Move it to a PTRACE_EVENT_STOP instead: interrupt, then continue with no signal; the
+// pending interrupt stops it again inside get_signal(), before any user instruction.
+void RemoteSyscall::ParkInEventStop(FrozenThread& t) {
+  for (int attempt = 0; attempt < 16; ++attempt) {
+    if (ptrace(PTRACE_INTERRUPT, t.tid, nullptr, nullptr) != 0) ThrowSys(pid_, "remote_syscall", errno, "PTRACE_INTERRUPT");
+    if (ptrace(PTRACE_CONT, t.tid, nullptr, nullptr) != 0) ThrowSys(pid_, "remote_syscall", errno, "PTRACE_CONT");
+    int status = 0;
+    pid_t r;
+    do r = waitpid(t.tid, &status, __WALL);
+    while (r < 0 && errno == EINTR);
+    if (r < 0 || WIFEXITED(status) || WIFSIGNALED(status)) ThrowSys(pid_, "remote_syscall", ESRCH);
+    if ((status >> 16) == PTRACE_EVENT_STOP) return;
+    t.pending_signal = WSTOPSIG(status);  // a signal came first: keep it for thaw, retry
+  }
+  throw NativeError(ErrorCode::kSystem, EIO, pid_, "remote_syscall", "thread " + std::to_string(t.tid) + " would not park");
+}
+
 long RemoteSyscall::Call(FrozenThread& t, long nr, std::array<uint64_t, 6> args, const std::vector<Vma>& vmas) {
   uint64_t insn = FindSyscallInsn(vmas);
   struct user_regs_struct saved;
@@ -83,6 +102,7 @@ long RemoteSyscall::Call(FrozenThread& t, long nr, std::array<uint64_t, 6> args,
   if (!done)
     throw NativeError(ErrorCode::kSystem, EIO, pid_, "remote_syscall",
                       "injected syscall " + std::to_string(nr) + " did not complete in thread " + std::to_string(t.tid));
+  ParkInEventStop(t);
   return static_cast<long>(after.rax);
 }
 

@@ -26,6 +26,7 @@ class RemoteSyscall {
 
  private:
   uint64_t FindSyscallInsn(const std::vector<Vma>& vmas);
+  void ParkInEventStop(FrozenThread& t);
   pid_t pid_;
   uint64_t insn_ = 0;  // address of 0f 05 in the target
 };

@@ -1,6 +1,6 @@
 // Spawns and drives test/targets/dirtier (protocol: see test/targets/dirtier.c).
 //
-// By default the target is started through a keeper (test/targets/bin/keeper):
+// By default the target is started through the project's keeper (build/Release/replicate-keeper):
 // the keeper forks, its child calls setsid() and execs dirtier. The test
 // process, which may ptrace the target, must not be the target's parent:
 // libuv's SIGCHLD handler waitpid()s its own children and would steal
@@ -9,6 +9,7 @@ import { spawn, type ChildProcess } from 'node:child_process';
 import { readFileSync } from 'node:fs';
 import { constants as osConstants } from 'node:os';
 import { createInterface } from 'node:readline';
+import { keeperPath as KEEPER } from '../../src/native/binding.js';
 import { targetPath } from './build-targets.js';
 
 export interface TargetInfo {
@@ -151,7 +152,7 @@ export class Target {
     }
     const dirtier = targetPath('dirtier');
     const child = viaKeeper
-      ? spawn(targetPath('keeper'), ['--', dirtier, ...args], { stdio: ['pipe', 'pipe', 'pipe'] })
+      ? spawn(KEEPER, ['--', dirtier, ...args], { stdio: ['pipe', 'pipe', 'pipe'] })
       : spawn(dirtier, args, { stdio: ['pipe', 'pipe', 'pipe'], detached: true });
     const t = new Target(child, viaKeeper);
     live.add(t);

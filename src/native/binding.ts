@@ -1,0 +1,88 @@
+import { createRequire } from 'node:module';
+import { join } from 'node:path';
+import { ReplicateError } from '../errors.js';
+import { packageRoot } from '../util/paths.js';
+
+export interface Feature { ok: boolean; why: string }
+
+export interface KernelCaps {
+  release: string;
+  userfaultfd: Feature;
+  uffdWpAsync: Feature;
+  pagemapScan: Feature;
+  uffdWpFile: Feature;
+  softDirty: Feature;
+  pidfdGetfd: Feature;
+  ptrace: Feature;
+  xsaveSize: number;
+}
+
+export type BackendName = 'uffd-wp' | 'soft-dirty' | 'hash';
+export type BackendRequest = BackendName | 'auto';
+
+export interface BackendChoice { name: BackendName; reason: string; available: boolean }
+
+export interface NativeAttachInfo { backend: BackendName; reason: string; armNs: number; threads: number }
+
+export interface NativeThreadState {
+  tid: number;
+  /** struct user_regs_struct (27 × u64), adjusted for syscall restart. */
+  gpregs: Buffer;
+  /** NT_X86_XSTATE: the whole standard-format XSAVE area. */
+  xsave: Buffer;
+  sigmask: bigint;
+  /** 'restart': stopped in a syscall, rewound to re-issue it; 'interrupted': will see EINTR. */
+  restart: 'none' | 'restart' | 'interrupted';
+  pendingSignal: number;
+}
+
+export interface NativeVma {
+  start: bigint; end: bigint; perms: string; offset: bigint; dev: string; inode: number; path: string;
+}
+
+export interface NativeEpoch {
+  seq: number;
+  timings: { freezeNs: number; captureNs: number; scanNs: number; readNs: number; thawNs: number; pauseNs: number };
+  clocks: { monotonicNs: bigint; boottimeNs: bigint; realtimeNs: bigint };
+  threads: NativeThreadState[];
+  vmas: NativeVma[];
+  brk: bigint;
+  /** Pairs: start address, number of pages. Sorted, merged. */
+  ranges: BigUint64Array;
+  /** The pages of `ranges`, in order, 4096 bytes each. */
+  pages: Buffer;
+  stats: { pages: number; pagesWritten: number; pagesNew: number; pagesZapped: number; pagesHashed: number };
+}
+
+export interface NativeEpochOptions { pages: boolean; registers: boolean; layout: boolean; full: boolean }
+
+export interface NativeTracker {
+  attach(): Promise<NativeAttachInfo>;
+  epoch(options: NativeEpochOptions): Promise<NativeEpoch>;
+  close(): Promise<void>;
+}
+
+export interface NativeAddon {
+  NativeTracker: new (pid: number, options: { backend: BackendRequest; freezeTimeoutMs: number }) => NativeTracker;
+  probe(): KernelCaps;
+  chooseBackend(name: BackendRequest): BackendChoice;
+  releasePages(buf: Buffer): void;
+  parsePagemap(entries: Buffer, start: bigint): { present: BigUint64Array; softDirty: BigUint64Array };
+}
+
+let addon: NativeAddon | undefined;
+
+/** Loads the addon once. Throws a ReplicateError that says how to build it. */
+export function native(): NativeAddon {
+  if (addon) return addon;
+  const path = join(packageRoot, 'build', 'Release', 'remus_native.node');
+  try {
+    addon = createRequire(import.meta.url)(path) as NativeAddon;
+  } catch (e) {
+    throw new ReplicateError('SYSTEM_ERROR', `cannot load the native addon at ${path}: ${(e as Error).message}. ` +
+      `Build it with 'npm install' (or 'npx node-gyp rebuild'); it needs Linux x86_64, make and a C++ compiler.`, { cause: e });
+  }
+  return addon;
+}
+
+export const keeperPath: string = join(packageRoot, 'build', 'Release', 'replicate-keeper');

@@ -1,0 +1,89 @@
+// Registers, layout, brk and clocks as they must go into a CRIU image.
+import { openSync, readSync, closeSync } from 'node:fs';
+import { afterEach, expect, it } from 'vitest';
+import { decodeGpRegisters, Tracker } from '../src/index.js';
+import { native } from '../src/native/binding.js';
+import { killAll, Target } from './helpers/target.js';
+
+afterEach(async () => { await killAll(); });
+
+function readMem(pid: number, addr: bigint, len: number): Buffer {
+  const fd = openSync(`/proc/${pid}/mem`, 'r');
+  try {
+    const buf = Buffer.alloc(len);
+    readSync(fd, buf, 0, len, addr);
+    return buf;
+  } finally {
+    closeSync(fd);
+  }
+}
+
+it('a thread blocked in read(2) is rewound to re-issue the syscall', async () => {
+  const t = await Target.spawn();
+  const tracker = await Tracker.attach(t.pid);
+  try {
+    await new Promise((r) => setTimeout(r, 50)); // the main thread waits in read() on stdin
+    const e = await tracker.epoch();
+    const main = e.threads.find((th) => th.tid === t.pid)!;
+    expect(main.restart).toBe('restart');
+    const regs = decodeGpRegisters(main.gpregs);
+    expect(regs.ax).toBe(regs.orig_ax); // read is syscall 0: ax = orig_ax = 0
+    expect(regs.orig_ax).toBe(0n);
+    // ip points at the syscall instruction again.
+    expect([...readMem(t.pid, regs.ip, 2)]).toEqual([0x0f, 0x05]);
+    expect(main.xsave.length).toBe(native().probe().xsaveSize);
+    expect(typeof main.sigmask).toBe('bigint');
+    // Registers are sane: sp in a mapping, fs_base (TLS) set.
+    expect(e.vmas.some((v) => v.start <= regs.sp && regs.sp < v.end)).toBe(true);
+    expect(regs.fs_base).not.toBe(0n);
+    // The target still works after the rewind (the syscall really restarts).
+    await t.ok('w 1');
+  } finally {
+    await tracker.close();
+  }
+});
+
+it('a thread in nanosleep gets EINTR (restart_block syscalls are not rewound)', async () => {
+  const t = await Target.spawn();
+  const tracker = await Tracker.attach(t.pid);
+  try {
+    const reply = t.cmd('sleep 400');
+    await new Promise((r) => setTimeout(r, 100));
+    const e = await tracker.epoch();
+    const main = e.threads.find((th) => th.tid === t.pid)!;
+    expect(main.restart).toBe('interrupted');
+    expect(decodeGpRegisters(main.gpregs).ax).toBe(BigInt.asUintN(64, -4n)); // -EINTR
+    expect(await reply).toBe('ok');
+  } finally {
+    await tracker.close();
+  }
+});
+
+it('layout: the mappings of /proc/PID/maps, brk from the target, clocks read while frozen', async () => {
+  const t = await Target.spawn({ pages: 64 });
+  const tracker = await Tracker.attach(t.pid);
+  try {
+    const before = process.hrtime.bigint();
+    const e = await tracker.epoch();
+    const after = process.hrtime.bigint();
+    // The region may have merged with a neighbouring anonymous mapping.
+    const region = e.vmas.find((v) => v.start <= t.info.region && v.end >= t.info.region + 64n * 4096n)!;
+    expect(region).toMatchObject({ perms: 'rw-p', path: '', inode: 0 });
+    expect(e.vmas.some((v) => v.path.endsWith('/dirtier') && v.perms.includes('x'))).toBe(true);
+    expect(e.vmas.some((v) => v.path === '[stack]')).toBe(true);
+    const heap = e.vmas.find((v) => v.path === '[heap]');
+    if (heap) {
+      // maps shows brk rounded up to a page.
+      expect((e.brk + 4095n) & ~4095n).toBe(heap.end);
+    } else {
+      expect(e.brk).toBeGreaterThan(0n);
+    }
+    // CLOCK_MONOTONIC is what process.hrtime reads.
+    expect(e.clocks.monotonicNs).toBeGreaterThanOrEqual(before);
+    expect(e.clocks.monotonicNs).toBeLessThanOrEqual(after);
+    expect(e.clocks.boottimeNs).toBeGreaterThanOrEqual(e.clocks.monotonicNs);
+    expect(e.timings.pauseNs).toBeGreaterThan(0);
+  } finally {
+    await tracker.close();
+  }
+});
