@@ -5,9 +5,17 @@
 //   chooseBackend(n)   which dirty-tracking backend a request resolves to, and why
 //   releasePages(buf)  give an epoch's page buffer back for reuse (empties `buf`)
 //   parsePagemap(b,a)  pure pagemap parsing, exposed so it can be tested on bytes
+//   benchFloor(...)    benchmark only: the physical floor of an epoch (see below)
 #include <napi.h>
+#include <cstring>
+#include <fcntl.h>
+
+#include <sys/uio.h>
+#include <time.h>
 
 #include "core/caps.h"
+#include "core/uffd.h"
+#include "memory/page_reader.h"
 #include "dirty/pagemap.h"
 #include "js/convert.h"
 #include "js/tracker_wrap.h"
@@ -48,6 +56,43 @@ Napi::Value ParsePagemapJs(const Napi::CallbackInfo& info) {
   return o;
 }
 
+uint64_t MonoNs() {
+  struct timespec ts;
+  clock_gettime(CLOCK_MONOTONIC, &ts);
+  return static_cast<uint64_t>(ts.tv_sec) * 1000000000ull + static_cast<uint64_t>(ts.tv_nsec);
+}
+
+// benchFloor(pid, spanStart, spanEnd, ranges): what any tracker must at least spend on an
+// epoch with this dirty set: one PAGEMAP_SCAN walk over the tracked span (without
+// write-protecting anything) plus process_vm_readv of exactly these pages. Runs on the
+// JS thread: for benchmarks only, never on a service's event loop.
+Napi::Value BenchFloor(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  pid_t pid = info[0].As<Napi::Number>().Int32Value();
+  bool lossless;
+  uint64_t lo = info[1].As<Napi::BigInt>().Uint64Value(&lossless);
+  uint64_t hi = info[2].As<Napi::BigInt>().Uint64Value(&lossless);
+  auto arr = info[3].As<Napi::BigUint64Array>();
+  std::vector<PageRange> ranges;
+  for (size_t i = 0; i + 1 < arr.ElementLength(); i += 2) ranges.push_back({arr[i], arr[i + 1]});
+  UniqueFd pagemap(open(("/proc/" + std::to_string(pid) + "/pagemap").c_str(), O_RDONLY | O_CLOEXEC));
+  std::vector<abi::PageRegion> regions;
+  uint64_t t0 = MonoNs();
+  int err = uffd::Scan(pagemap.get(), lo, hi, 0, 0, 0, abi::kPageIsPresent | abi::kPageIsSwapped | abi::kPageIsWritten,
+                       abi::kPageIsWritten, regions);
+  uint64_t t1 = MonoNs();
+  if (err) throw Napi::Error::New(env, std::string("PAGEMAP_SCAN: ") + strerror(err));
+  std::unique_ptr<PageBuffer> buf = PageBuffer::Allocate(CountPages(ranges) * kPageSize);
+  PageReader reader(pid);
+  uint64_t t2 = MonoNs();
+  reader.Read(ranges, buf->data());
+  uint64_t t3 = MonoNs();
+  Napi::Object o = Napi::Object::New(env);
+  o.Set("scanNs", Napi::Number::New(env, static_cast<double>(t1 - t0)));
+  o.Set("readNs", Napi::Number::New(env, static_cast<double>(t3 - t2)));
+  return o;
+}
+
 }  // namespace
 }  // namespace remus
 
@@ -59,6 +104,7 @@ Napi::Object InitModule(Napi::Env env, Napi::Object exports) {
   exports.Set("chooseBackend", Napi::Function::New<Choose>(env, "chooseBackend"));
   exports.Set("releasePages", Napi::Function::New<Release>(env, "releasePages"));
   exports.Set("parsePagemap", Napi::Function::New<ParsePagemapJs>(env, "parsePagemap"));
+  exports.Set("benchFloor", Napi::Function::New<BenchFloor>(env, "benchFloor"));
   return exports;
 }
 }  // namespace

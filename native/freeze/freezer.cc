@@ -51,6 +51,13 @@ bool Freezer::WaitStop(FrozenThread& t, std::chrono::steady_clock::time_point de
     if (spins < 200) {
       sched_yield();
     } else {
+      // A thread of an exiting process may never report a stop (its group leader's exit
+      // is held back until every thread is reaped): a dead or zombie thread counts as gone.
+      ProcStat st;
+      if (spins % 16 == 0 &&
+          (!ReadStat("/proc/" + std::to_string(pid_) + "/task/" + std::to_string(t.tid) + "/stat", st) ||
+           st.state == 'Z' || st.state == 'X'))
+        return false;
       struct timespec ts = {0, 50 * 1000};
       nanosleep(&ts, nullptr);
     }

@@ -68,6 +68,8 @@ export interface NativeAddon {
   chooseBackend(name: BackendRequest): BackendChoice;
   releasePages(buf: Buffer): void;
   parsePagemap(entries: Buffer, start: bigint): { present: BigUint64Array; softDirty: BigUint64Array };
+  /** Benchmark only (blocks the JS thread): scan walk + process_vm_readv of `ranges`. */
+  benchFloor(pid: number, spanStart: bigint, spanEnd: bigint, ranges: BigUint64Array): { scanNs: number; readNs: number };
 }
 
 let addon: NativeAddon | undefined;

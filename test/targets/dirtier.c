@@ -502,6 +502,22 @@ static void cmd_wr(int argc, char **argv)
     reply("ok");
 }
 
+/* wrt a b: like wr, timed inside the target (for the first-write cost benchmark). */
+static void cmd_wrt(int argc, char **argv)
+{
+    uint64_t a, b;
+    if (argc != 2 || parse_u64(argv[0], 10, &a) != 0 || parse_u64(argv[1], 10, &b) != 0 || a > b || b > g_pages) {
+        reply("err wrt: usage: wrt <a> <b> within the region");
+        return;
+    }
+    struct timespec t0, t1;
+    clock_gettime(CLOCK_MONOTONIC, &t0);
+    for (uint64_t i = a; i < b; i++)
+        write_main_page(i);
+    clock_gettime(CLOCK_MONOTONIC, &t1);
+    reply("ok %" PRIu64, (uint64_t)((t1.tv_sec - t0.tv_sec) * 1000000000LL + (t1.tv_nsec - t0.tv_nsec)));
+}
+
 static void cmd_fw(int argc, char **argv)
 {
     if (g_file == NULL) {
@@ -708,6 +724,7 @@ static void dispatch(int argc, char **argv)
     char **a = argv + 1;
     if (strcmp(c, "w") == 0) cmd_w(n, a);
     else if (strcmp(c, "wr") == 0) cmd_wr(n, a);
+    else if (strcmp(c, "wrt") == 0) cmd_wrt(n, a);
     else if (strcmp(c, "fw") == 0) cmd_fw(n, a);
     else if (strcmp(c, "tw") == 0) cmd_tw(n, a);
     else if (strcmp(c, "mmap") == 0) cmd_mmap(n, a);
