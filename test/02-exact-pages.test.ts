@@ -68,6 +68,18 @@ for (const backend of BACKENDS) {
       expect(regionPages(quiet, t)).toEqual([]);
     });
 
+    it('reports file-mapping pages that revert to the file after MADV_DONTNEED', async (ctx) => {
+      if (!choice.available) return ctx.skip(choice.reason);
+      await withTarget();
+      await t.ok('fw 1 2 5');
+      (await tracker.epoch()).release();
+      await t.ok(`madv ${(t.info.file + 4096n).toString(16)} 2`);
+      const e = await tracker.epoch();
+      expect(regionPages(e, t, t.info.file, t.info.filePages)).toEqual([1, 2]);
+      // The file is all zeros (made by ftruncate): that is what the pages hold again.
+      expect(pageAt(e, t.info.file + 4096n)!.equals(Buffer.alloc(PAGE_SIZE))).toBe(true);
+    });
+
     it('follows mmap, munmap and mprotect: new mappings count as new, old ones stay tracked', async (ctx) => {
       if (!choice.available) return ctx.skip(choice.reason);
       await withTarget();

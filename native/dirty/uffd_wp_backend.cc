@@ -38,20 +38,21 @@ void UffdWpBackend::CreateRemoteUffd(TargetView& target) {
                       "the kernel refused UFFD_FEATURE_WP_ASYNC for process " + std::to_string(target.pid));
 }
 
-void UffdWpBackend::ScanPresence(TargetView& target, uint64_t start, uint64_t end, std::vector<PageRange>& present) {
+void UffdWpBackend::ScanPresence(TargetView& target, uint64_t start, uint64_t end, std::vector<PageRange>& present,
+                                 bool armed) {
   regions_.clear();
-  // Present or swapped, and not an unmodified file page (see ParsePagemap). Only called
-  // on ranges not yet write-protected: uffd-wp markers would also read as "swapped".
-  if (int e = uffd::Scan(target.pagemap_fd, start, end, 0, abi::kPageIsFile, abi::kPageIsFile,
-                         abi::kPageIsPresent | abi::kPageIsSwapped, abi::kPageIsPresent | abi::kPageIsSwapped,
-                         regions_))
+  // Present or swapped, and not an unmodified file page (see ParsePagemap). In armed
+  // memory uffd-wp markers also read as "swapped", so there only present pages count (a
+  // page swapped out then looks dropped: reported and read once more, never missed).
+  uint64_t has = armed ? abi::kPageIsPresent : abi::kPageIsPresent | abi::kPageIsSwapped;
+  if (int e = uffd::Scan(target.pagemap_fd, start, end, 0, abi::kPageIsFile, abi::kPageIsFile, has, has, regions_))
     ThrowSys(target.pid, "pagemap_scan", e, "PAGEMAP_SCAN (presence)");
   present.clear();
   for (auto& r : regions_) present.push_back({r.start, (r.end - r.start) / 4096});
 }
 
 void UffdWpBackend::ReportNew(TargetView& target, uint64_t start, uint64_t end, DirtyReport& out) {
-  ScanPresence(target, start, end, present_);
+  ScanPresence(target, start, end, present_, false);
   for (auto& r : present_) out.Add(r.start, r.npages, out.pages_new);
 }
 
@@ -62,26 +63,6 @@ void UffdWpBackend::Arm(TargetView& target) {
 }
 
 void UffdWpBackend::Collect(TargetView& target, DirtyReport& out) {
-  // One PAGEMAP_SCAN over everything armed, matching every page: it write-protects the
-  // written pages again and describes each page as written or not, present or not.
-  // Mappings that are not registered (replaced by mmap MAP_FIXED, or never armed) are
-  // skipped by the kernel, so an armed range missing from the answer lost its
-  // registration.
-  IntervalSet covered;
-  std::vector<PageRange> present_now;
-  if (!armed_.empty()) {
-    uint64_t lo = armed_.intervals().begin()->first, hi = armed_.intervals().rbegin()->second;
-    regions_.clear();
-    int err = uffd::Scan(target.pagemap_fd, lo, hi, abi::kPmScanWpMatching, 0, 0, 0,
-                         abi::kPageIsWritten | abi::kPageIsPresent | abi::kPageIsWpAllowed, regions_);
-    if (err) ThrowSys(target.pid, "pagemap_scan", err, "PAGEMAP_SCAN (written pages)");
-    for (auto& r : regions_) {
-      covered.Add(r.start, r.end);
-      uint64_t n = (r.end - r.start) / 4096;
-      if (r.categories & abi::kPageIsWritten) out.Add(r.start, n, out.pages_written);
-      if (r.categories & abi::kPageIsPresent) present_now.push_back({r.start, n});
-    }
-  }
   IntervalSet still_mapped;
   for (const auto& v : target.vmas) {
     if (!v.private_memory()) continue;
@@ -89,24 +70,26 @@ void UffdWpBackend::Collect(TargetView& target, DirtyReport& out) {
     if (v.file_backed() && !wp_file_) continue;  // hashed
     if (!hash_only_.Inside(v.start, v.end).empty()) continue;
     for (auto [s, e] : armed_.Inside(v.start, v.end)) {
-      for (auto [a, b] : covered.Outside(s, e)) {
-        // Lost its registration: arm it again below (or, if it cannot be written now,
-        // just report its content).
-        armed_.Remove(a, b);
-        if (!v.writable()) ReportNew(target, a, b, out);
+      // The kernel's fast path: only written pages are touched, listed and protected
+      // again. CHECK_WPASYNC makes a mapping that lost its registration (replaced by
+      // mmap MAP_FIXED) an error instead of a silent skip.
+      regions_.clear();
+      int err = uffd::Scan(target.pagemap_fd, s, e, abi::kPmScanWpMatching | abi::kPmScanCheckWpAsync,
+                           abi::kPageIsWritten, 0, 0, abi::kPageIsWritten, regions_);
+      if (err == EPERM) {
+        armed_.Remove(s, e);  // armed again below, or reported if it cannot be written
+        if (!v.writable()) ReportNew(target, s, e, out);
+        continue;
       }
-      // Pages that were present and are not any more (MADV_DONTNEED) read as zeros now.
-      // The kernel reports most of them as written anyway; this catches the rest. Only
-      // present pages count: uffd-wp markers look like swap entries.
-      for (auto [a, b] : covered.Inside(s, e)) {
-        present_.clear();
-        for (auto& r : present_now)
-          if (r.start < b && r.end() > a) {
-            uint64_t x = std::max(a, r.start), y = std::min(b, r.end());
-            present_.push_back({x, (y - x) / 4096});
-          }
+      if (err) ThrowSys(target.pid, "pagemap_scan", err, "PAGEMAP_SCAN (written pages)");
+      for (auto& r : regions_) out.Add(r.start, (r.end - r.start) / 4096, out.pages_written);
+      // MADV_DONTNEED leaves an anonymous page empty, which the scan reports as written.
+      // On a file mapping it leaves a write-protect marker instead and the page reverts
+      // to the file's content unseen: compare presence with the last epoch there.
+      if (v.file_backed()) {
+        ScanPresence(target, s, e, present_, true);
         zapped_.clear();
-        presence_.Update(a, b, present_, zapped_);
+        presence_.Update(s, e, present_, zapped_);
         for (auto& z : zapped_) out.Add(z.start, z.npages, out.pages_zapped);
       }
     }
@@ -120,10 +103,13 @@ void UffdWpBackend::Collect(TargetView& target, DirtyReport& out) {
       continue;
     }
     for (auto [s, e] : unarmed) {
-      ScanPresence(target, s, e, present_);
+      ScanPresence(target, s, e, present_, false);
       for (auto& r : present_) out.Add(r.start, r.npages, out.pages_new);
-      zapped_.clear();
-      presence_.Update(s, e, present_, zapped_);
+      if (v.file_backed()) {
+        ScanPresence(target, s, e, present_, true);
+        zapped_.clear();
+        presence_.Update(s, e, present_, zapped_);
+      }
       if (int err = uffd::Protect(uffd_.get(), s, e - s)) ThrowSys(target.pid, "uffd_writeprotect", err, "UFFDIO_WRITEPROTECT");
       armed_.Add(s, e);
     }

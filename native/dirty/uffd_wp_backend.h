@@ -27,12 +27,12 @@ class UffdWpBackend : public DirtyBackend {
   void CreateRemoteUffd(TargetView& target);
   // Reports pages with content in [start, end) as new, without arming.
   void ReportNew(TargetView& target, uint64_t start, uint64_t end, DirtyReport& out);
-  void ScanPresence(TargetView& target, uint64_t start, uint64_t end, std::vector<PageRange>& present);
+  void ScanPresence(TargetView& target, uint64_t start, uint64_t end, std::vector<PageRange>& present, bool armed);
 
   UniqueFd uffd_;
   bool wp_file_;                  // kernel write-protects private file mappings
   IntervalSet armed_;             // registered and write-protected
-  PresenceMap presence_;
+  PresenceMap presence_;          // private file mappings only (see Collect)
   HashBackend hashed_;            // mappings the kernel will not write-protect
   IntervalSet hash_only_;         // ranges that failed to register
   std::vector<abi::PageRegion> regions_;

@@ -27,7 +27,6 @@ std::unique_ptr<PageBuffer> BufferPool::Take(size_t bytes) {
     if (best != free_.end()) {
       auto buf = std::move(*best);
       free_.erase(best);
-      retained_ -= buf->capacity();
       return buf;
     }
   }
@@ -37,9 +36,14 @@ std::unique_ptr<PageBuffer> BufferPool::Take(size_t bytes) {
 
 void BufferPool::Give(std::unique_ptr<PageBuffer> buf) {
   std::lock_guard<std::mutex> lock(mu_);
-  if (retained_ + buf->capacity() > max_retained_ || free_.size() >= 4) return;  // freed here
-  retained_ += buf->capacity();
   free_.push_back(std::move(buf));
+  if (free_.size() > max_buffers_) {
+    // Drop the smallest: the large ones are the expensive ones to make again.
+    auto smallest = free_.begin();
+    for (auto it = free_.begin(); it != free_.end(); ++it)
+      if ((*it)->capacity() < (*smallest)->capacity()) smallest = it;
+    free_.erase(smallest);
+  }
 }
 
 }  // namespace remus

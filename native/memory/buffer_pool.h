@@ -29,7 +29,9 @@ class PageBuffer {
 
 class BufferPool : public std::enable_shared_from_this<BufferPool> {
  public:
-  explicit BufferPool(size_t max_retained_bytes = 512u << 20) : max_retained_(max_retained_bytes) {}
+  // Keeps at most `max_buffers` idle buffers, whatever their size: an epoch's buffer is as
+  // large as its dirty set, and allocating one inside the pause costs a fault per page.
+  explicit BufferPool(size_t max_buffers = 2) : max_buffers_(max_buffers) {}
   // A buffer of at least `bytes`, reused when possible. Thread-safe.
   std::unique_ptr<PageBuffer> Take(size_t bytes);
   // Returns a buffer; kept for reuse while the pool holds less than its limit.
@@ -38,8 +40,7 @@ class BufferPool : public std::enable_shared_from_this<BufferPool> {
  private:
   std::mutex mu_;
   std::vector<std::unique_ptr<PageBuffer>> free_;
-  size_t retained_ = 0;
-  size_t max_retained_;
+  size_t max_buffers_;
 };
 
 }  // namespace remus

@@ -15,13 +15,86 @@ namespace remus {
 PageReader::PageReader(pid_t pid) : pid_(pid) {}
 
 PageReader::~PageReader() {
+  if (helper_.joinable()) {
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      stopping_ = true;
+    }
+    cv_.notify_all();
+    helper_.join();
+  }
   if (mem_fd_ >= 0) close(mem_fd_);
 }
 
+void PageReader::HelperLoop() {
+  std::unique_lock<std::mutex> lock(mu_);
+  for (;;) {
+    cv_.wait(lock, [this] { return stopping_ || job_ != nullptr; });
+    if (stopping_) return;
+    const std::vector<PageRange>* job = job_;
+    uint8_t* out = job_out_;
+    lock.unlock();
+    std::exception_ptr error;
+    try {
+      ReadSerial(*job, out);
+    } catch (...) {
+      error = std::current_exception();
+    }
+    lock.lock();
+    job_ = nullptr;
+    job_error_ = error;
+    job_done_ = true;
+    cv_.notify_all();
+  }
+}
+
+void PageReader::Read(const std::vector<PageRange>& ranges, uint8_t* out) {
+  constexpr uint64_t kParallelPages = 512;  // below 2 MiB a second thread does not pay
+  uint64_t total = CountPages(ranges);
+  if (total < kParallelPages) return ReadSerial(ranges, out);
+  // Split at half the pages, cutting a range in two if needed.
+  std::vector<PageRange> first, second;
+  uint64_t half = total / 2, seen = 0;
+  for (const auto& r : ranges) {
+    if (seen >= half) {
+      second.push_back(r);
+    } else if (seen + r.npages <= half) {
+      first.push_back(r);
+    } else {
+      uint64_t head = half - seen;
+      first.push_back({r.start, head});
+      second.push_back({r.start + head * 4096, r.npages - head});
+    }
+    seen += r.npages;
+  }
+  if (!helper_.joinable()) helper_ = std::thread([this] { HelperLoop(); });
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    job_ = &second;
+    job_out_ = out + half * 4096;
+    job_done_ = false;
+    job_error_ = nullptr;
+  }
+  cv_.notify_all();
+  std::exception_ptr mine;
+  try {
+    ReadSerial(first, out);
+  } catch (...) {
+    mine = std::current_exception();
+  }
+  std::unique_lock<std::mutex> lock(mu_);
+  cv_.wait(lock, [this] { return job_done_; });
+  if (mine) std::rethrow_exception(mine);
+  if (job_error_) std::rethrow_exception(job_error_);
+}
+
 void PageReader::ReadSlow(uint64_t addr, uint64_t len, uint8_t* out) {
-  if (mem_fd_ < 0) {
-    mem_fd_ = open(("/proc/" + std::to_string(pid_) + "/mem").c_str(), O_RDONLY | O_CLOEXEC);
-    if (mem_fd_ < 0) ThrowSys(pid_, "read_pages", errno, "opening /proc/PID/mem");
+  {
+    std::lock_guard<std::mutex> lock(mem_mu_);
+    if (mem_fd_ < 0) {
+      mem_fd_ = open(("/proc/" + std::to_string(pid_) + "/mem").c_str(), O_RDONLY | O_CLOEXEC);
+      if (mem_fd_ < 0) ThrowSys(pid_, "read_pages", errno, "opening /proc/PID/mem");
+    }
   }
   while (len > 0) {
     ssize_t n = pread(mem_fd_, out, len, static_cast<off_t>(addr));
@@ -38,7 +111,7 @@ void PageReader::ReadSlow(uint64_t addr, uint64_t len, uint8_t* out) {
   }
 }
 
-void PageReader::Read(const std::vector<PageRange>& ranges, uint8_t* out) {
+void PageReader::ReadSerial(const std::vector<PageRange>& ranges, uint8_t* out) {
   constexpr size_t kBatch = IOV_MAX;
   std::vector<struct iovec> remote;
   remote.reserve(kBatch);

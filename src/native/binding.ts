@@ -68,8 +68,12 @@ export interface NativeAddon {
   chooseBackend(name: BackendRequest): BackendChoice;
   releasePages(buf: Buffer): void;
   parsePagemap(entries: Buffer, start: bigint): { present: BigUint64Array; softDirty: BigUint64Array };
-  /** Benchmark only (blocks the JS thread): scan walk + process_vm_readv of `ranges`. */
-  benchFloor(pid: number, spanStart: bigint, spanEnd: bigint, ranges: BigUint64Array): { scanNs: number; readNs: number };
+  /**
+   * Benchmark only (blocks the JS thread): the floor of an epoch. Without `ranges`: a
+   * PAGEMAP_SCAN fast-path walk of a registered span (finds and re-protects written
+   * pages) plus a single-threaded process_vm_readv of them; with `ranges`: the read only.
+   */
+  benchFloor(pid: number, spanStart: bigint, spanEnd: bigint, ranges?: BigUint64Array): { scanNs: number; readNs: number; pages: number };
 }
 
 let addon: NativeAddon | undefined;
