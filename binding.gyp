@@ -4,9 +4,11 @@
       "target_name": "remus_native",
       "sources": [
         "native/addon.cc",
+        "native/codec/lz4_pages.cc",
         "native/core/caps.cc",
         "native/core/errors.cc",
         "native/core/proc.cc",
+        "native/core/sched.cc",
         "native/core/uffd.cc",
         "native/dirty/backend.cc",
         "native/dirty/hash_backend.cc",
@@ -16,6 +18,7 @@
         "native/freeze/freezer.cc",
         "native/freeze/registers.cc",
         "native/freeze/remote_syscall.cc",
+        "native/js/codec_js.cc",
         "native/js/convert.cc",
         "native/js/tracer_thread.cc",
         "native/js/tracker_wrap.cc",
@@ -25,6 +28,7 @@
         "native/tracker/tracker.cc"
       ],
       "include_dirs": ["<!(node -p \"require('node-addon-api').include_dir\")", "native"],
+      "libraries": ["-llz4"],
       "defines": ["NAPI_VERSION=8", "NODE_ADDON_API_DISABLE_DEPRECATED"],
       "cflags!": ["-fno-exceptions"],
       "cflags_cc!": ["-fno-exceptions", "-fno-rtti", "-std=gnu++17"],

@@ -1,8 +1,10 @@
 // The benchmark harness: `npm run bench [-- --only NAME] [--quick]`.
+import { runRedisBench } from './replication/redis.js';
 import { runPauseBench } from './tracker/pause.js';
 
 const SCENARIOS: Record<string, (o: { quick: boolean; log: (s: string) => void }) => Promise<void>> = {
   'tracker-pause': runPauseBench,
+  'replication-redis': async (o) => { await runRedisBench(o); },
 };
 
 const args = process.argv.slice(2);

@@ -5,6 +5,8 @@
 //   chooseBackend(n)   which dirty-tracking backend a request resolves to, and why
 //   releasePages(buf)  give an epoch's page buffer back for reuse (empties `buf`)
 //   parsePagemap(b,a)  pure pagemap parsing, exposed so it can be tested on bytes
+//   compressPages(b)   whole pages, zero pages split out, the rest as one LZ4 block
+//   decompressBlock()  the reverse, bounded
 //   benchFloor(...)    benchmark only: the physical floor of an epoch (see below)
 #include <napi.h>
 #include <cstring>
@@ -18,6 +20,7 @@
 #include "core/uffd.h"
 #include "memory/buffer_pool.h"
 #include "dirty/pagemap.h"
+#include "js/codec_js.h"
 #include "js/convert.h"
 #include "js/tracker_wrap.h"
 
@@ -124,6 +127,8 @@ Napi::Object InitModule(Napi::Env env, Napi::Object exports) {
   exports.Set("chooseBackend", Napi::Function::New<Choose>(env, "chooseBackend"));
   exports.Set("releasePages", Napi::Function::New<Release>(env, "releasePages"));
   exports.Set("parsePagemap", Napi::Function::New<ParsePagemapJs>(env, "parsePagemap"));
+  exports.Set("compressPages", Napi::Function::New<CompressPagesJs>(env, "compressPages"));
+  exports.Set("decompressBlock", Napi::Function::New<DecompressBlockJs>(env, "decompressBlock"));
   exports.Set("benchFloor", Napi::Function::New<BenchFloor>(env, "benchFloor"));
   return exports;
 }

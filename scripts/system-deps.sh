@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # System packages the project uses: a C compiler for test targets and the addon, and
-# liblz4 for the page codec. Installed only when missing, only as root with apt-get.
+# liblz4 for the page codec, redis-server (a real service for tests and benchmarks), openssl
+# (test certificates). Installed only when missing, only as root with apt-get.
 set -euo pipefail
-pkgs=(build-essential liblz4-dev)
+pkgs=(build-essential liblz4-dev redis-server openssl)
 missing=()
 for p in "${pkgs[@]}"; do dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'ok installed' || missing+=("$p"); done
 [ ${#missing[@]} -eq 0 ] && exit 0

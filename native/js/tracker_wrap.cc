@@ -7,6 +7,7 @@ namespace remus {
 Napi::Function TrackerWrap::Define(Napi::Env env) {
   return DefineClass(env, "NativeTracker",
                      {InstanceMethod<&TrackerWrap::Attach>("attach"), InstanceMethod<&TrackerWrap::Epoch>("epoch"),
+                      InstanceMethod<&TrackerWrap::Present>("present"), InstanceMethod<&TrackerWrap::ReadLive>("readLive"),
                       InstanceMethod<&TrackerWrap::Close>("close")});
 }
 
@@ -82,6 +83,51 @@ Napi::Value TrackerWrap::Epoch(const Napi::CallbackInfo& info) {
   return RunOnTracer<EpochData>(
       env, *thread_, [tracker, opts]() { return tracker->Epoch(opts); },
       [pool](Napi::Env env, EpochData& data) { return EpochToJs(env, data, pool); });
+}
+
+Napi::Value TrackerWrap::Present(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  if (closed_ || !tracker_) throw Napi::Error::New(env, "tracker is closed or not attached");
+  std::shared_ptr<Tracker> tracker = tracker_;
+  return RunOnTracer<std::vector<PageRange>>(
+      env, *thread_, [tracker]() { return tracker->PresentNow(); },
+      [](Napi::Env env, std::vector<PageRange>& r) { return RangesToJs(env, r); });
+}
+
+// readLive(ranges: BigUint64Array): Promise<{ pages: Buffer, unreadable: number }>
+Napi::Value TrackerWrap::ReadLive(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  if (closed_ || !tracker_) throw Napi::Error::New(env, "tracker is closed or not attached");
+  if (info.Length() < 1 || !info[0].IsTypedArray()) throw Napi::TypeError::New(env, "readLive(ranges: BigUint64Array)");
+  auto arr = info[0].As<Napi::BigUint64Array>();
+  std::vector<PageRange> ranges;
+  for (size_t i = 0; i + 1 < arr.ElementLength(); i += 2) ranges.push_back({arr[i], arr[i + 1]});
+  struct Result {
+    std::unique_ptr<PageBuffer> pages;
+    uint64_t bytes = 0;
+    uint64_t unreadable = 0;
+  };
+  std::shared_ptr<Tracker> tracker = tracker_;
+  return RunOnTracer<Result>(
+      env, *thread_,
+      [tracker, ranges]() {
+        Result r;
+        r.bytes = CountPages(ranges) * kPageSize;
+        r.pages = PageBuffer::Allocate(r.bytes);
+        r.unreadable = tracker->ReadLive(ranges, r.pages->data());
+        return r;
+      },
+      [](Napi::Env env, Result& r) -> Napi::Value {
+        Napi::Object o = Napi::Object::New(env);
+        o.Set("unreadable", Napi::Number::New(env, static_cast<double>(r.unreadable)));
+        if (r.bytes == 0) {
+          o.Set("pages", Napi::Buffer<uint8_t>::New(env, 0));
+        } else {
+          PageBuffer* raw = r.pages.release();
+          o.Set("pages", Napi::Buffer<uint8_t>::New(env, raw->data(), r.bytes, [](Napi::Env, uint8_t*, PageBuffer* b) { delete b; }, raw));
+        }
+        return o;
+      });
 }
 
 Napi::Value TrackerWrap::Close(const Napi::CallbackInfo& info) {

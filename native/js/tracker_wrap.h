@@ -20,6 +20,8 @@ class TrackerWrap : public Napi::ObjectWrap<TrackerWrap> {
  private:
   Napi::Value Attach(const Napi::CallbackInfo& info);
   Napi::Value Epoch(const Napi::CallbackInfo& info);
+  Napi::Value Present(const Napi::CallbackInfo& info);
+  Napi::Value ReadLive(const Napi::CallbackInfo& info);
   Napi::Value Close(const Napi::CallbackInfo& info);
   static void Cleanup(void* self);
 

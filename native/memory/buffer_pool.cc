@@ -37,7 +37,12 @@ std::unique_ptr<PageBuffer> BufferPool::Take(size_t bytes) {
 void BufferPool::Give(std::unique_ptr<PageBuffer> buf) {
   std::lock_guard<std::mutex> lock(mu_);
   free_.push_back(std::move(buf));
-  if (free_.size() > max_buffers_) {
+  auto retained = [this] {
+    size_t n = 0;
+    for (auto& b : free_) n += b->capacity();
+    return n;
+  };
+  while (!free_.empty() && (free_.size() > max_buffers_ || retained() > max_bytes_)) {
     // Drop the smallest: the large ones are the expensive ones to make again.
     auto smallest = free_.begin();
     for (auto it = free_.begin(); it != free_.end(); ++it)

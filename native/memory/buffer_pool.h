@@ -31,7 +31,10 @@ class BufferPool : public std::enable_shared_from_this<BufferPool> {
  public:
   // Keeps at most `max_buffers` idle buffers, whatever their size: an epoch's buffer is as
   // large as its dirty set, and allocating one inside the pause costs a fault per page.
-  explicit BufferPool(size_t max_buffers = 2) : max_buffers_(max_buffers) {}
+  // Several epochs can be alive at once (queued for the sender), hence more than two.
+  // Idle memory stays under `max_bytes` (the smallest buffers go first).
+  explicit BufferPool(size_t max_buffers = 8, size_t max_bytes = size_t{256} << 20)
+      : max_buffers_(max_buffers), max_bytes_(max_bytes) {}
   // A buffer of at least `bytes`, reused when possible. Thread-safe.
   std::unique_ptr<PageBuffer> Take(size_t bytes);
   // Returns a buffer; kept for reuse while the pool holds less than its limit.
@@ -41,6 +44,7 @@ class BufferPool : public std::enable_shared_from_this<BufferPool> {
   std::mutex mu_;
   std::vector<std::unique_ptr<PageBuffer>> free_;
   size_t max_buffers_;
+  size_t max_bytes_;
 };
 
 }  // namespace remus

@@ -1,5 +1,7 @@
 #include "memory/page_reader.h"
 
+#include "core/sched.h"
+
 #include <cerrno>
 #include <climits>
 #include <cstring>
@@ -36,6 +38,7 @@ void PageReader::HelperLoop() {
     lock.unlock();
     std::exception_ptr error;
     try {
+      ScopedUrgency urgent;  // it works inside a freeze, like the tracer thread
       ReadSerial(*job, out);
     } catch (...) {
       error = std::current_exception();

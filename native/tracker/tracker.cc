@@ -2,11 +2,14 @@
 
 #include <cerrno>
 #include <fcntl.h>
+#include <cstring>
 #include <sys/mman.h>
 #include <sys/syscall.h>
+#include <sys/uio.h>
 
 #include "core/caps.h"
 #include "core/errors.h"
+#include "core/sched.h"
 #include "dirty/pagemap.h"
 #include "freeze/freezer.h"
 
@@ -70,6 +73,7 @@ EpochData Tracker::Epoch(const EpochOptions& options) {
   if (!backend_) throw NativeError(ErrorCode::kInvalidArgument, EINVAL, pid_, "epoch", "tracker is not attached");
   EpochData data;
   data.seq = ++seq_;
+  ScopedUrgency urgent;   // declared first: released after the thaw
   Freezer freezer(pid_);  // thaws on every exit path
   uint64_t t0 = NowNs();
   freezer.Freeze(options_.freeze_timeout);
@@ -122,6 +126,36 @@ EpochData Tracker::Epoch(const EpochOptions& options) {
   data.timings = {t1 - t0, t2 - t1, t3 - t2, t4 - t3, t5 - t4, t5 - t0};
   if (!options.layout) data.vmas.clear();
   return data;
+}
+
+std::vector<PageRange> Tracker::PresentNow() {
+  CheckAlive();
+  std::vector<PageRange> ranges = AllPresent(ReadMaps(pid_), pagemap_.get(), pid_);
+  Normalize(ranges);
+  return ranges;
+}
+
+uint64_t Tracker::ReadLive(const std::vector<PageRange>& ranges, uint8_t* out) {
+  uint64_t unreadable = 0;
+  for (const auto& r : ranges) {
+    uint64_t len = r.npages * kPageSize;
+    struct iovec local = {out, len};
+    struct iovec remote = {reinterpret_cast<void*>(r.start), len};
+    ssize_t n = process_vm_readv(pid_, &local, 1, &remote, 1, 0);
+    if (n < 0 && errno == ESRCH) ThrowSys(pid_, "read_live", ESRCH, "process_vm_readv");
+    uint64_t got = n > 0 ? static_cast<uint64_t>(n) : 0;
+    // A short read stops at the first page that is gone: go on page by page.
+    for (uint64_t off = got; off < len; off += kPageSize) {
+      struct iovec l = {out + off, kPageSize};
+      struct iovec rp = {reinterpret_cast<void*>(r.start + off), kPageSize};
+      if (process_vm_readv(pid_, &l, 1, &rp, 1, 0) != static_cast<ssize_t>(kPageSize)) {
+        memset(out + off, 0, kPageSize);
+        ++unreadable;
+      }
+    }
+    out += len;
+  }
+  return unreadable;
 }
 
 }  // namespace remus

@@ -67,6 +67,14 @@ class Tracker {
   ~Tracker();
   AttachInfo Attach();
   EpochData Epoch(const EpochOptions& options);
+  // Every page with content in private memory now, without freezing: what an initial
+  // copy must read. Tracking is armed already, so whatever changes meanwhile is in the
+  // next epoch.
+  std::vector<PageRange> PresentNow();
+  // Reads `ranges` from the running target into `out`. Pages that cannot be read (the
+  // target unmapped them meanwhile) read as zeros; returns how many. Only for a copy that
+  // the next epoch corrects: never inside a freeze, where a failed read is an error.
+  uint64_t ReadLive(const std::vector<PageRange>& ranges, uint8_t* out);
   pid_t pid() const { return pid_; }
   std::shared_ptr<BufferPool> pool() const { return pool_; }
 

@@ -58,9 +58,11 @@ export async function check(options: { criu?: string } = {}): Promise<CheckRepor
   return { ok: problems.length === 0, problems, kernel: caps?.release ?? 'unknown', arch: process.arch, features, backend, criu };
 }
 
+/** CRIU's verdict line ("Looks good." and the like); warnings on stderr come after it. */
 function lastLine(s: string): string {
   const lines = s.split('\n').map((l) => l.trim()).filter(Boolean);
-  return lines[lines.length - 1] ?? '';
+  const verdict = lines.filter((l) => !/^(Warn|Error)\s*\(/.test(l));
+  return verdict[verdict.length - 1] ?? lines[lines.length - 1] ?? '';
 }
 
 export function formatCheck(r: CheckReport): string {

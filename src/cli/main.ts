@@ -2,6 +2,7 @@ import { Command, InvalidArgumentError, Option } from 'commander';
 import { check, formatCheck } from '../check/check.js';
 import { formatDirtyRate, measureDirtyRate } from '../dirty-rate/dirty-rate.js';
 import { ReplicateError } from '../errors.js';
+import { addReplicationCommands } from './replication-commands.js';
 import { parseDurationIn } from '../util/duration.js';
 
 /**
@@ -77,6 +78,7 @@ export function buildProgram(): Command {
         process.off('SIGTERM', stop);
       }
     });
+  addReplicationCommands(program);
   return program;
 }
 

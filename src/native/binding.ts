@@ -59,6 +59,10 @@ export interface NativeEpochOptions { pages: boolean; registers: boolean; layout
 export interface NativeTracker {
   attach(): Promise<NativeAttachInfo>;
   epoch(options: NativeEpochOptions): Promise<NativeEpoch>;
+  /** Ranges (start, npages pairs) of every page with content now, without freezing. */
+  present(): Promise<BigUint64Array>;
+  /** Reads `ranges` from the running target; pages gone meanwhile read as zeros. */
+  readLive(ranges: BigUint64Array): Promise<{ pages: Buffer; unreadable: number }>;
   close(): Promise<void>;
 }
 
@@ -67,6 +71,14 @@ export interface NativeAddon {
   probe(): KernelCaps;
   chooseBackend(name: BackendRequest): BackendChoice;
   releasePages(buf: Buffer): void;
+  /**
+   * Splits out zero pages and LZ4-compresses the rest as one block (`compressed` false:
+   * LZ4 did not pay and `data` is the pages as they are). `addrs` and the returned
+   * `addrs`/`zeros` are u64 little-endian. Off the JS thread.
+   */
+  compressPages(pages: Buffer, addrs: Buffer): Promise<{ addrs: Buffer; zeros: Buffer; data: Buffer; compressed: boolean; rawBytes: number }>;
+  /** Decodes one LZ4 block into exactly `rawBytes` bytes, or rejects. Off the JS thread. */
+  decompressBlock(data: Buffer, rawBytes: number): Promise<Buffer>;
   parsePagemap(entries: Buffer, start: bigint): { present: BigUint64Array; softDirty: BigUint64Array };
   /**
    * Benchmark only (blocks the JS thread): the floor of an epoch. Without `ranges`: a

@@ -94,6 +94,31 @@ export class Tracker {
     return decorate(raw);
   }
 
+  /**
+   * Every page with content now, as [start, npages] pairs, without freezing: the list
+   * an initial copy reads. Tracking is already armed, so what changes afterwards is in
+   * the next epoch.
+   */
+  async present(): Promise<BigUint64Array> {
+    const handle = this.#open();
+    return nativeCall(() => handle.present());
+  }
+
+  /**
+   * Reads pages from the running target, without freezing it: a copy that is torn
+   * wherever the target writes meanwhile, which the next epoch repairs. Pages unmapped
+   * meanwhile read as zeros (`unreadable` counts them).
+   */
+  async readLive(ranges: BigUint64Array): Promise<{ pages: Buffer; unreadable: number }> {
+    const handle = this.#open();
+    return nativeCall(() => handle.readLive(ranges));
+  }
+
+  #open(): NativeTracker {
+    if (!this.#native) throw new ReplicateError('INVALID_ARGUMENT', 'tracker is closed');
+    return this.#native;
+  }
+
   /** Stops tracking and releases the userfaultfd and the tracer thread. Idempotent. */
   async close(): Promise<void> {
     const handle = this.#native;

@@ -18,3 +18,22 @@ export function summarize(values: readonly number[]): Summary {
     min: values.length ? Math.min(...values) : Number.NaN,
   };
 }
+
+/** The last `size` values, for percentiles over a sliding window (0 when empty). */
+export class Percentiles {
+  readonly #size: number;
+  #values: number[] = [];
+  #next = 0;
+
+  constructor(size: number) { this.#size = size; }
+
+  add(v: number): void {
+    if (this.#values.length < this.#size) this.#values.push(v);
+    else this.#values[this.#next] = v;
+    this.#next = (this.#next + 1) % this.#size;
+  }
+
+  p(p: number): number { return this.#values.length ? percentile(this.#values, p) : 0; }
+  max(): number { return this.#values.length ? Math.max(...this.#values) : 0; }
+  get count(): number { return this.#values.length; }
+}

@@ -1,0 +1,453 @@
+// The primary agent: protects one process by streaming its epochs to a standby.
+//
+//   Tracker ──capture──> EpochQueue ──coalesced batch──> encode ──frames──> Link ──> standby
+//      ^ epoch loop, every epochMs                        (LZ4, off-thread)     <── ack
+//
+// A session is one connection: hello/welcome, a full synchronisation (every page, read
+// while the target runs, then one frozen epoch on top so that the result is
+// consistent), then batches until the link fails. Then the target keeps running, the
+// agent reconnects with back-off and starts a new session with a full synchronisation.
+import { EventEmitter } from 'node:events';
+import { hostname } from 'node:os';
+import { randomUUID } from 'node:crypto';
+import { setTimeout as sleep } from 'node:timers/promises';
+import { Lz4PageEncoder, type PageEncoder } from '../codec/page-codec.js';
+import { ReplicateError } from '../errors.js';
+import { silentLogger, type Logger } from '../log/logger.js';
+import { ReplicationMetrics } from '../metrics/metrics.js';
+import { PROTOCOL_VERSION, type EndMsg, type Message, type WelcomeMsg } from '../protocol/messages.js';
+import { connect, type Link } from '../transport/link.js';
+import { TransportError } from '../transport/errors.js';
+import type { SecurityOptions } from '../transport/security.js';
+import { Tracker, type TrackerOptions } from '../tracker/tracker.js';
+import { Percentiles } from '../util/stats.js';
+import { chunkRanges, EpochQueue, PAGE_SIZE, type Batch, type CapturedEpoch } from './epoch-queue.js';
+import { EpochLoop, type CaptureInfo } from './epoch-loop.js';
+
+export interface PrimaryOptions {
+  pid: number;
+  /** The standby's address. */
+  host: string;
+  port: number;
+  security: SecurityOptions;
+  /** Epoch length, 10 ms to 1 h. Default 100. */
+  epochMs?: number;
+  backend?: TrackerOptions['backend'];
+  /** Bytes of captured pages the queue may hold before captures are skipped. Default 256 MiB. */
+  highWaterBytes?: number;
+  /** Heartbeat interval on the link. Default 50. */
+  heartbeatMs?: number;
+  /** Reconnection back-off, doubling from min to max with jitter. Default 100 and 5000. */
+  reconnectMinMs?: number;
+  reconnectMaxMs?: number;
+  /** Batches sent and not yet acknowledged before the sender waits. Default 2. */
+  maxInFlight?: number;
+  /** Pages per `pages` frame. Default 256 (1 MiB raw). */
+  framePages?: number;
+  logger?: Logger;
+  metrics?: ReplicationMetrics;
+  encoder?: PageEncoder;
+}
+
+export type LinkState = 'connecting' | 'syncing' | 'streaming' | 'disconnected' | 'stopped';
+
+export interface SyncProgress { sentPages: number; totalPages: number; bytes: number }
+export interface CommitInfo { epoch: number; lagMs: number; pages: number; bytes: number }
+
+export interface PrimaryStats {
+  role: 'primary';
+  pid: number;
+  lineage: string;
+  generation: number;
+  backend: string;
+  link: LinkState;
+  standby: string;
+  epochMs: number;
+  capturedEpoch: number;
+  committedEpoch: number;
+  /** Epochs captured and not committed yet. */
+  lagEpochs: number;
+  /** Bytes captured and not committed yet (queued or in flight, raw). */
+  lagBytes: number;
+  /** Age of the oldest captured epoch not committed yet. */
+  lagMs: number;
+  pauseMs: { p50: number; p99: number; max: number };
+  /** Pages and encoded bytes per committed batch (recent mean). */
+  pagesPerEpoch: number;
+  bytesPerEpoch: number;
+  /** Raw bytes / encoded bytes over the session. */
+  compressionRatio: number;
+  sentBytes: number;
+  syncs: number;
+  reconnects: number;
+  queue: ReturnType<EpochQueue['stats']>;
+  rttMs: number;
+  startedAt: number;
+}
+
+interface InFlight { epoch: number; capturedAt: number; rawBytes: number; wireBytes: number; pages: number }
+
+/**
+ * A running protection. Events: 'link' (LinkState), 'sync-progress' (SyncProgress),
+ * 'synced' ({ epoch, pages, ms }), 'epoch' (CaptureInfo), 'commit' (CommitInfo),
+ * 'lag' (lagMs), 'standby-lost' ({ reason, retryInMs }), 'target-exit' (Error), 'error' (Error).
+ */
+export class Primary extends EventEmitter {
+  readonly pid: number;
+  readonly lineage = randomUUID();
+  readonly generation: number = 1;
+  readonly #o: Required<Omit<PrimaryOptions, 'logger' | 'metrics' | 'encoder' | 'backend'>> & Pick<PrimaryOptions, 'backend'>;
+  readonly #log: Logger;
+  readonly metrics: ReplicationMetrics;
+  readonly #encoder: PageEncoder;
+  #tracker!: Tracker;
+  #queue: EpochQueue;
+  #loop!: EpochLoop;
+  #link: Link | undefined;
+  #state: LinkState = 'connecting';
+  #stopping = false;
+  #stopped: Promise<void> | undefined;
+  #abort = new AbortController();
+  #run: Promise<void> | undefined;
+  #inFlight: InFlight[] = [];
+  #ackWaiters: Array<() => void> = [];
+  #committed = 0;
+  #lastSent = 0;
+  #pauses = new Percentiles(1024);
+  #recent: Array<{ pages: number; bytes: number }> = [];
+  #raw = 0;
+  #wire = 0;
+  #syncs = 0;
+  #reconnects = 0;
+  #everSynced = false;
+  #startedAt = Date.now();
+
+  private constructor(options: PrimaryOptions) {
+    super();
+    this.pid = options.pid;
+    this.#o = {
+      pid: options.pid, host: options.host, port: options.port, security: options.security,
+      epochMs: options.epochMs ?? 100, backend: options.backend, highWaterBytes: options.highWaterBytes ?? 256 * 2 ** 20,
+      heartbeatMs: options.heartbeatMs ?? 50, reconnectMinMs: options.reconnectMinMs ?? 100, reconnectMaxMs: options.reconnectMaxMs ?? 5000,
+      maxInFlight: options.maxInFlight ?? 2, framePages: options.framePages ?? 256,
+    };
+    this.#log = (options.logger ?? silentLogger).child({ role: 'primary', target: options.pid });
+    this.metrics = options.metrics ?? new ReplicationMetrics('primary', { defaults: false });
+    this.#encoder = options.encoder ?? new Lz4PageEncoder();
+    this.#queue = new EpochQueue({ highWaterBytes: this.#o.highWaterBytes });
+  }
+
+  /** Attaches to the target (tracking armed) and starts replicating in the background. */
+  static async start(options: PrimaryOptions): Promise<Primary> {
+    validate(options);
+    const p = new Primary(options);
+    p.#tracker = await Tracker.attach(options.pid, { backend: options.backend });
+    p.#log.info({ backend: p.#tracker.backend, reason: p.#tracker.backendReason }, 'tracking armed');
+    p.#loop = new EpochLoop(p.#tracker, p.#queue, { epochMs: p.#o.epochMs });
+    p.#loop.on('capture', (c: CaptureInfo) => p.#onCapture(c));
+    p.#loop.on('error', (e: Error) => p.#onTrackerError(e));
+    p.#run = p.#main();
+    return p;
+  }
+
+  get state(): LinkState { return this.#state; }
+  get committedEpoch(): number { return this.#committed; }
+
+  stats(): PrimaryStats {
+    const n = this.#recent.length || 1;
+    return {
+      role: 'primary', pid: this.pid, lineage: this.lineage, generation: this.generation, backend: this.#tracker.backend,
+      link: this.#state, standby: `${this.#o.host}:${this.#o.port}`, epochMs: this.#o.epochMs,
+      capturedEpoch: this.#loop.lastSeq, committedEpoch: this.#committed,
+      lagEpochs: Math.max(0, this.#loop.lastSeq - this.#committed),
+      lagBytes: this.#queue.pendingBytes + this.#inFlight.reduce((s, f) => s + f.rawBytes, 0),
+      lagMs: this.#lagMs(),
+      pauseMs: { p50: this.#pauses.p(50), p99: this.#pauses.p(99), max: this.#pauses.max() },
+      pagesPerEpoch: this.#recent.reduce((s, r) => s + r.pages, 0) / n,
+      bytesPerEpoch: this.#recent.reduce((s, r) => s + r.bytes, 0) / n,
+      compressionRatio: this.#wire > 0 ? this.#raw / this.#wire : 0,
+      sentBytes: this.#wire, syncs: this.#syncs, reconnects: this.#reconnects, queue: this.#queue.stats(),
+      rttMs: this.#link?.rttMs ?? 0, startedAt: this.#startedAt,
+    };
+  }
+
+  /** Stops replicating: the target keeps running, untouched; the standby keeps its last commit. */
+  stop(): Promise<void> {
+    this.#stopped ??= (async () => {
+      this.#stopping = true;
+      this.#abort.abort();
+      await this.#loop.stop();
+      this.#link?.close('primary stopping');
+      await this.#run?.catch(() => undefined);
+      this.#queue.clear();
+      await this.#tracker.close();
+      this.#setState('stopped');
+    })();
+    return this.#stopped;
+  }
+
+  #setState(s: LinkState): void {
+    if (this.#state === s) return;
+    this.#state = s;
+    this.emit('link', s);
+  }
+
+  #lagMs(): number {
+    // The oldest epoch captured and not committed: the first in flight, or, if none
+    // is in flight, the oldest still queued (its time is not kept: use the batch's).
+    const oldest = this.#inFlight[0]?.capturedAt;
+    if (oldest !== undefined) return Date.now() - oldest;
+    return this.#queue.pendingEpochs > 0 ? this.#o.epochMs : 0;
+  }
+
+  #onCapture(c: CaptureInfo): void {
+    this.#pauses.add(c.pauseMs);
+    this.metrics.pause.observe(c.pauseMs / 1000);
+    this.metrics.dirtyPages.inc(c.pages);
+    this.metrics.epochs.inc();
+    this.emit('epoch', c);
+  }
+
+  #onTrackerError(e: Error): void {
+    const gone = e instanceof ReplicateError && (e.code === 'TARGET_GONE');
+    if (gone) {
+      this.#log.warn({ err: e.message }, 'the target exited; replication stops');
+      this.#link?.close('target-exited');
+      this.emit('target-exit', e);
+    } else {
+      this.#log.error({ err: e.message }, 'capture failed; replication stops');
+      this.emit('error', e);
+    }
+    void this.stop();
+  }
+
+  async #main(): Promise<void> {
+    let delay = this.#o.reconnectMinMs;
+    while (!this.#stopping) {
+      this.#setState('connecting');
+      let reason = '';
+      try {
+        const link = await connect({ host: this.#o.host, port: this.#o.port, security: this.#o.security, heartbeatMs: this.#o.heartbeatMs, timeoutMs: 5000 });
+        this.#link = link;
+        delay = this.#o.reconnectMinMs;
+        reason = await this.#session(link);
+      } catch (e) {
+        reason = (e as Error).message;
+        if (this.#fatal(e)) {
+          if (!this.#stopping) {
+            this.#log.error({ err: reason }, 'replication cannot go on');
+            this.emit('error', e);
+            void this.stop();
+          }
+          return;
+        }
+      } finally {
+        this.#link?.close('session ended');
+        this.#link = undefined;
+        await this.#loop.pause();
+        this.#queue.clear();
+        this.#inFlight = [];
+        for (const w of this.#ackWaiters.splice(0)) w();
+      }
+      if (this.#stopping) return;
+      this.#setState('disconnected');
+      const wait = Math.min(this.#o.reconnectMaxMs, delay) * (0.75 + Math.random() * 0.5);
+      this.#log.warn({ reason, retryInMs: Math.round(wait) }, 'standby unreachable; the target keeps running; reconnecting');
+      this.emit('standby-lost', { reason, retryInMs: wait });
+      this.#reconnects++;
+      await sleep(wait, undefined, { signal: this.#abort.signal }).catch(() => undefined);
+      delay = Math.min(this.#o.reconnectMaxMs, delay * 2);
+    }
+  }
+
+  /**
+   * Errors that retrying cannot fix: the tracker failed, the standby refused us for good
+   * (a newer generation took over, another protocol version), or, before any session
+   * succeeded, a wrong key or a peer that is not a standby (a configuration mistake the
+   * user wants to hear about at once rather than as endless retries).
+   */
+  #fatal(e: unknown): boolean {
+    if (e instanceof RefusedError) return e.code === 'STALE_GENERATION' || e.code === 'VERSION';
+    if (e instanceof TransportError) return !this.#everSynced && (e.code === 'AUTH_FAILED' || e.code === 'PROTOCOL' || e.code === 'INSECURE_NOT_LOOPBACK');
+    return e instanceof ReplicateError && e.code !== 'SYSTEM_ERROR' && e.code !== 'TIMEOUT';
+  }
+
+  /** One connection's life; resolves with why it ended. */
+  async #session(link: Link): Promise<string> {
+    const closed = new Promise<string>((resolve) => link.once('close', (c: { reason: string }) => resolve(c.reason)));
+    const messages: Message[] = [];
+    let notify: (() => void) | undefined;
+    link.on('message', (m: Message) => {
+      if (m.t === 'ack') this.#onAck(m.epoch);
+      else if (m.t !== 'hb') { messages.push(m); notify?.(); }
+    });
+    const next = async (): Promise<Message> => {
+      while (messages.length === 0) {
+        const r = await Promise.race([closed.then((why) => ({ why })), new Promise<void>((res) => { notify = res; })]);
+        if (r && 'why' in r) throw new ReplicateError('SYSTEM_ERROR', `standby closed the connection: ${r.why}`);
+      }
+      return messages.shift()!;
+    };
+    await link.send({ t: 'hello', proto: PROTOCOL_VERSION, role: 'primary', lineage: this.lineage, generation: this.generation, pid: this.pid, host: hostname(), agent: `remus-replicate/${process.pid}` });
+    const answer = await Promise.race([next(), sleep(10_000).then(() => { throw new ReplicateError('TIMEOUT', 'the standby did not answer hello within 10 s'); })]);
+    if (answer.t === 'refuse') throw new RefusedError(answer.code, `the standby refused us: ${answer.reason} [${answer.code}]`);
+    if (answer.t !== 'welcome') throw new ReplicateError('SYSTEM_ERROR', `protocol error: expected welcome, got ${answer.t}`);
+    const welcome: WelcomeMsg = answer;
+    this.#log.info({ standbyLineage: welcome.lineage, standbyEpoch: welcome.committedEpoch }, 'connected to the standby');
+    const work = (async () => {
+      await this.#fullSync(link);
+      this.#setState('streaming');
+      this.#loop.resume();
+      await this.#stream(link);
+    })();
+    return Promise.race([closed, work.then(() => 'stopped')]);
+  }
+
+  #onAck(epoch: number): void {
+    const now = Date.now();
+    while (this.#inFlight.length > 0 && this.#inFlight[0]!.epoch <= epoch) {
+      const f = this.#inFlight.shift()!;
+      this.#recent.push({ pages: f.pages, bytes: f.wireBytes });
+      if (this.#recent.length > 64) this.#recent.shift();
+      if (f.epoch === epoch) {
+        this.#committed = epoch;
+        const info: CommitInfo = { epoch, lagMs: now - f.capturedAt, pages: f.pages, bytes: f.wireBytes };
+        this.metrics.committedEpoch.set(epoch);
+        this.metrics.lag.set(this.#lagMs() / 1000);
+        this.emit('commit', info);
+        this.emit('lag', this.#lagMs());
+      }
+    }
+    for (const w of this.#ackWaiters.splice(0)) w();
+  }
+
+  async #waitForWindow(link: Link): Promise<void> {
+    while (this.#inFlight.length >= this.#o.maxInFlight && !link.closed) await new Promise<void>((r) => this.#ackWaiters.push(r));
+  }
+
+  /** Every page, read while the target runs, then one frozen epoch on top. */
+  async #fullSync(link: Link): Promise<void> {
+    this.#setState('syncing');
+    this.#syncs++;
+    const started = performance.now();
+    await this.#loop.pause();
+    this.#queue.clear();
+    const epoch = this.#loop.lastSeq + 1;
+    await link.send({ t: 'begin', epoch, base: 0, full: true });
+    const present = await this.#tracker.present();
+    let total = 0;
+    for (let i = 1; i < present.length; i += 2) total += Number(present[i]!);
+    const progress: SyncProgress = { sentPages: 0, totalPages: total, bytes: 0 };
+    this.#log.info({ pages: total, bytes: total * PAGE_SIZE }, 'full synchronisation: copying every page while the target runs');
+    let sent = 0;
+    const readChunk = 4096; // pages read per process_vm_readv pass (16 MiB)
+    for (const part of splitRanges(present, readChunk)) {
+      const { pages } = await this.#tracker.readLive(part);
+      for (const c of chunkRanges(part, pages, this.#o.framePages)) {
+        const bytes = await this.#sendPages(link, epoch, c.addrs, c.pages);
+        sent += c.addrs.length;
+        progress.sentPages = sent; progress.bytes += bytes;
+        this.emit('sync-progress', { ...progress });
+      }
+    }
+    // The consistent cut: one frozen epoch with everything written during the copy.
+    const last: CapturedEpoch = await this.#loop.captureOne();
+    if (last.seq !== epoch) throw new ReplicateError('SYSTEM_ERROR', `internal: sync epoch ${last.seq} != ${epoch}`);
+    try {
+      for (const c of chunkRanges(last.ranges, last.pages, this.#o.framePages)) {
+        progress.bytes += await this.#sendPages(link, epoch, c.addrs, c.pages);
+        sent += c.addrs.length;
+      }
+    } finally {
+      last.release();
+    }
+    this.#inFlight.push({ epoch, capturedAt: last.capturedAt, rawBytes: sent * PAGE_SIZE, wireBytes: progress.bytes, pages: sent });
+    await link.send(endMsg(epoch, sent, last.capturedAt, last.state));
+    this.#lastSent = epoch;
+    const ms = performance.now() - started;
+    this.#log.info({ epoch, pages: sent, ms: Math.round(ms) }, 'full synchronisation sent');
+    this.#everSynced = true;
+    this.emit('synced', { epoch, pages: sent, ms });
+  }
+
+  async #stream(link: Link): Promise<void> {
+    while (!this.#stopping && !link.closed) {
+      await this.#waitForWindow(link);
+      await this.#queue.wait(this.#abort.signal);
+      if (this.#stopping || link.closed) return;
+      const batch = this.#queue.take();
+      if (batch) await this.#sendBatch(link, batch);
+    }
+  }
+
+  async #sendBatch(link: Link, batch: Batch): Promise<void> {
+    await link.send({ t: 'begin', epoch: batch.epoch, base: this.#lastSent, full: false });
+    let wire = 0;
+    try {
+      for (const c of batch.chunks(this.#o.framePages)) wire += await this.#sendPages(link, batch.epoch, c.addrs, c.pages);
+    } finally {
+      batch.release();
+    }
+    this.#inFlight.push({ epoch: batch.epoch, capturedAt: batch.capturedAt, rawBytes: batch.pageCount * PAGE_SIZE, wireBytes: wire, pages: batch.pageCount });
+    await link.send(endMsg(batch.epoch, batch.pageCount, batch.capturedAt, batch.state));
+    this.#lastSent = batch.epoch;
+  }
+
+  /** Encodes and sends one frame of pages; returns the encoded bytes. */
+  async #sendPages(link: Link, epoch: number, addrs: BigUint64Array, pages: Buffer): Promise<number> {
+    const enc = await this.#encoder.encode(addrs, pages);
+    await link.send({ t: 'pages', epoch, ...enc });
+    const bytes = enc.data.length + enc.addrs.length + enc.zeros.length;
+    this.#raw += pages.length;
+    this.#wire += bytes;
+    this.metrics.sentBytes.inc(bytes);
+    return bytes;
+  }
+}
+
+/** The standby answered hello with `refuse`. */
+export class RefusedError extends Error {
+  readonly code: string;
+  constructor(code: string, message: string) {
+    super(message);
+    this.name = 'RefusedError';
+    this.code = code;
+  }
+}
+
+function endMsg(epoch: number, pages: number, capturedAt: number, state: EndMsg['state']): EndMsg {
+  return { t: 'end', epoch, pages, capturedAt, state };
+}
+
+/** Splits [start, npages] pairs into groups of at most `maxPages` pages. */
+export function* splitRanges(ranges: BigUint64Array, maxPages: number): Generator<BigUint64Array> {
+  let out: bigint[] = [];
+  let n = 0;
+  for (let i = 0; i < ranges.length; i += 2) {
+    let start = ranges[i]!;
+    let left = Number(ranges[i + 1]!);
+    while (left > 0) {
+      const take = Math.min(left, maxPages - n);
+      out.push(start, BigInt(take));
+      n += take; left -= take; start += BigInt(take) * 4096n;
+      if (n === maxPages) { yield BigUint64Array.from(out); out = []; n = 0; }
+    }
+  }
+  if (n > 0) yield BigUint64Array.from(out);
+}
+
+function validate(o: PrimaryOptions): void {
+  const bad = (m: string) => { throw new ReplicateError('INVALID_ARGUMENT', m); };
+  if (!Number.isInteger(o.pid) || o.pid <= 0) bad(`pid must be a positive integer, got ${String(o.pid)}`);
+  if (typeof o.host !== 'string' || !o.host) bad('host is required (the standby\'s address)');
+  if (!Number.isInteger(o.port) || o.port <= 0 || o.port > 65535) bad(`port must be 1-65535, got ${String(o.port)}`);
+  if (!o.security) bad('security is required: a pre-shared key, certificates, or insecure (loopback only)');
+  if (o.epochMs !== undefined && (!(o.epochMs >= 10) || o.epochMs > 3_600_000)) bad(`epochMs must be between 10 ms and 1 h, got ${o.epochMs}`);
+  if (o.highWaterBytes !== undefined && !(o.highWaterBytes >= 1 << 20)) bad(`highWaterBytes must be at least 1 MiB, got ${o.highWaterBytes}`);
+  if (o.heartbeatMs !== undefined && !(o.heartbeatMs >= 5 && o.heartbeatMs <= 60_000)) bad(`heartbeatMs must be between 5 ms and 60 s, got ${o.heartbeatMs}`);
+}
+
+/** Starts protecting `options.pid`; see Primary. */
+export function replicate(options: PrimaryOptions): Promise<Primary> {
+  return Primary.start(options);
+}
