@@ -7,6 +7,10 @@
 //   parsePagemap(b,a)  pure pagemap parsing, exposed so it can be tested on bytes
 //   compressPages(b)   whole pages, zero pages split out, the rest as one LZ4 block
 //   decompressBlock()  the reverse, bounded
+//   ShadowCache, parseBatch, applyBatch, crc32c, codecInfo: the page-delta codec (js/delta_codec_js.h)
+//   codecBench         benchmark only: XBZRLE and plain LZ4 for comparison (js/codec_bench_js.h)
+//   setChildSubreaper  adopt orphans (restored processes) below this process
+//   reapChild(pid)     non-blocking reap of one such process
 //   benchFloor(...)    benchmark only: the physical floor of an epoch (see below)
 #include <napi.h>
 #include <cstring>
@@ -20,9 +24,12 @@
 #include "core/uffd.h"
 #include "memory/buffer_pool.h"
 #include "dirty/pagemap.h"
+#include "js/codec_bench_js.h"
 #include "js/codec_js.h"
+#include "js/delta_codec_js.h"
 #include "js/convert.h"
 #include "js/tracker_wrap.h"
+#include "process/children.h"
 
 namespace remus {
 namespace {
@@ -57,6 +64,25 @@ Napi::Value ParsePagemapJs(const Napi::CallbackInfo& info) {
   Napi::Object o = Napi::Object::New(env);
   o.Set("present", RangesToJs(env, present));
   o.Set("softDirty", RangesToJs(env, dirty));
+  return o;
+}
+
+Napi::Value SetChildSubreaperJs(const Napi::CallbackInfo& info) {
+  int err = SetChildSubreaper();
+  if (err) throw Napi::Error::New(info.Env(), std::string("prctl(PR_SET_CHILD_SUBREAPER): ") + strerror(err));
+  return info.Env().Undefined();
+}
+
+// reapChild(pid): null while it runs; { code, signal, notChild } once it has exited (reaped).
+Napi::Value ReapChildJs(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  if (info.Length() < 1 || !info[0].IsNumber()) throw Napi::TypeError::New(env, "reapChild(pid: number)");
+  ChildStatus s = ReapChild(info[0].As<Napi::Number>().Int32Value());
+  if (!s.exited) return env.Null();
+  Napi::Object o = Napi::Object::New(env);
+  o.Set("code", Napi::Number::New(env, s.code));
+  o.Set("signal", Napi::Number::New(env, s.signal));
+  o.Set("notChild", Napi::Boolean::New(env, s.not_child));
   return o;
 }
 
@@ -129,7 +155,11 @@ Napi::Object InitModule(Napi::Env env, Napi::Object exports) {
   exports.Set("parsePagemap", Napi::Function::New<ParsePagemapJs>(env, "parsePagemap"));
   exports.Set("compressPages", Napi::Function::New<CompressPagesJs>(env, "compressPages"));
   exports.Set("decompressBlock", Napi::Function::New<DecompressBlockJs>(env, "decompressBlock"));
+  exports.Set("setChildSubreaper", Napi::Function::New<SetChildSubreaperJs>(env, "setChildSubreaper"));
+  exports.Set("reapChild", Napi::Function::New<ReapChildJs>(env, "reapChild"));
   exports.Set("benchFloor", Napi::Function::New<BenchFloor>(env, "benchFloor"));
+  InitDeltaCodec(env, exports);
+  InitCodecBench(env, exports);
   return exports;
 }
 }  // namespace

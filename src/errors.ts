@@ -10,6 +10,7 @@
  * | TIMEOUT             | a thread did not stop in time (it was released)                   |
  * | INVALID_ARGUMENT    | a bad option                                                      |
  * | CRIU_UNAVAILABLE    | no usable CRIU was found                                          |
+ * | CRIU_FAILED         | CRIU could not dump or restore; the message quotes its log         |
  * | SYSTEM_ERROR        | any other failed system call                                      |
  */
 export type ReplicateErrorCode =
@@ -20,6 +21,7 @@ export type ReplicateErrorCode =
   | 'TIMEOUT'
   | 'INVALID_ARGUMENT'
   | 'CRIU_UNAVAILABLE'
+  | 'CRIU_FAILED'
   | 'SYSTEM_ERROR';
 
 export class ReplicateError extends Error {
@@ -39,7 +41,7 @@ export class ReplicateError extends Error {
 }
 
 const CODES = new Set<string>([
-  'TARGET_GONE', 'PERMISSION_DENIED', 'INVALID_TARGET', 'BACKEND_UNAVAILABLE', 'TIMEOUT', 'INVALID_ARGUMENT', 'SYSTEM_ERROR',
+  'TARGET_GONE', 'PERMISSION_DENIED', 'INVALID_TARGET', 'BACKEND_UNAVAILABLE', 'TIMEOUT', 'INVALID_ARGUMENT', 'SYSTEM_ERROR', 'CRIU_UNAVAILABLE', 'CRIU_FAILED',
 ]);
 
 /**

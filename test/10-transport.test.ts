@@ -54,6 +54,13 @@ function endMsg(): EndMsg {
       ],
       brk: 0x5555_0002_1000n,
       clocks: { monotonicNs: 123_456_789_012n, boottimeNs: 223_456_789_012n, realtimeNs: 1_760_000_000_123_456_789n },
+      fds: [
+        { fd: 0, target: '/dev/null', pos: 0n, flags: 0o100000, size: -1 },
+        { fd: 3, target: '/var/log/app.log', pos: 123_456n, flags: 0o102001, size: 123_456 },
+        { fd: 4, target: 'socket:[98765]', pos: 0n, flags: 0o4002, size: -1 },
+      ],
+      children: [],
+      base: 'b1-1760000000',
     },
   };
 }
@@ -67,6 +74,8 @@ function everyMessage(): Message[] {
     { t: 'refuse', code: 'STALE_GENERATION', reason: 'generation 1 is older than 2' },
     { t: 'begin', epoch: 3, base: 0, full: true },
     { t: 'begin', epoch: 9, base: 8, full: false },
+    { t: 'image', base: 'b1-1760000000', name: 'core-4242.img', offset: 0, data: randomBytes(3000), last: false },
+    { t: 'image', base: 'b1-1760000000', name: 'pages-1.img', offset: 1 << 20, data: Buffer.alloc(0), last: true },
     pagesMsg(4),
     { t: 'pages', epoch: 3, codec: 'lz4', addrs: Buffer.alloc(8), zeros: Buffer.alloc(0), rawBytes: 4096, data: Buffer.from([0x1f, 0, 1, 0, 0xff, 0xff]) },
     endMsg(),
@@ -74,6 +83,7 @@ function everyMessage(): Message[] {
     { t: 'hb', sentAt: 1_760_000_000_000.25, echo: 0 },
     { t: 'hb', sentAt: 1_760_000_000_050.5, echo: 1_760_000_000_049.75, status: 'running' },
     { t: 'bye', reason: 'primary stopping' },
+    { t: 'bye', reason: 'target-exited', exitCode: 137 },
   ];
 }
 
@@ -306,6 +316,12 @@ describe('frame codec', () => {
       [{ t: 'begin', epoch: 3, base: 0, full: 'yes' }, /begin.full: expected true or false/],
       [{ t: 'begin', epoch: 3, base: 2, full: true }, /begin.base: must be 0 in a full batch/],
       [{ t: 'begin', epoch: 3, base: 5, full: false }, /begin.base/],
+      [{ t: 'image', base: 'b1', name: '../etc/passwd', offset: 0, data: Buffer.alloc(1), last: true }, /image.name/],
+      [{ t: 'image', base: 'b1', name: '..', offset: 0, data: Buffer.alloc(1), last: true }, /image.name/],
+      [{ t: 'image', base: 'b/1', name: 'x.img', offset: 0, data: Buffer.alloc(1), last: true }, /image.base/],
+      [{ t: 'image', base: 'b1', name: 'x.img', offset: -1, data: Buffer.alloc(1), last: true }, /image.offset/],
+      [withState({ fds: [{ fd: -1, target: 'x', pos: 0n, flags: 0, size: -1 }] }), /end.state.fds\[0\].fd/],
+      [withState({ base: 7 as unknown as string }), /end.state.base/],
       [{ ...pages, codec: 'gzip' }, /pages.codec/],
       [{ ...pages, addrs: pages.addrs.subarray(0, 12) }, /pages.addrs: expected a multiple of 8 bytes/],
       [{ ...pages, addrs: [1, 2] }, /pages.addrs: expected a Buffer/],

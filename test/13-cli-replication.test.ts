@@ -120,7 +120,7 @@ describe('replicate CLI', () => {
     const sb = procStart(['standby', '--listen', `127.0.0.1:${port}`, '--dir', `${dir.path}/standby`, '--secret-file', `${dir.path}/key`]);
     await sb.next('listening', 15_000);
     const t = await Target.spawn({ pages: 256 });
-    const pr = procStart(['--pid', String(t.pid), '--to', `127.0.0.1:${port}`, '--secret-file', `${dir.path}/key`, '--epoch', '50ms']);
+    const pr = procStart(['--pid', String(t.pid), '--to', `127.0.0.1:${port}`, '--secret-file', `${dir.path}/key`, '--epoch', '50ms', '--no-base-image']);
     await pr.next('synced', 30_000);
     for (const junk of [randomBytes(4096), Buffer.from('GET / HTTP/1.1\r\nHost: x\r\n\r\n'), Buffer.from([0x16, 0x03, 0x01, 0xff, 0xff, 0, 0])]) {
       await new Promise<void>((resolve) => {

@@ -1,12 +1,15 @@
 #include "core/proc.h"
 
+#include <algorithm>
 #include <cerrno>
+#include <cstdlib>
 #include <cstdio>
 #include <cstring>
 #include <dirent.h>
 #include <fcntl.h>
 #include <stdexcept>
 #include <sys/mman.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include "core/errors.h"
@@ -139,6 +142,52 @@ void ValidateTarget(pid_t pid) {
     invalid("PID " + std::to_string(pid) + " is a child of this process; Node's child reaping (libuv waitpid on "
             "SIGCHLD) would steal ptrace stops. Start it with spawnTarget() or `replicate run`, which put a "
             "keeper process between the agent and the target");
+}
+
+std::vector<OpenFd> ReadFds(pid_t pid) {
+  std::string base = "/proc/" + std::to_string(pid);
+  DIR* d = opendir((base + "/fd").c_str());
+  if (!d) ThrowSys(pid, "read_fds", errno == ENOENT ? ESRCH : errno, "listing " + base + "/fd");
+  std::vector<OpenFd> out;
+  while (struct dirent* e = readdir(d)) {
+    if (e->d_name[0] < '0' || e->d_name[0] > '9') continue;
+    OpenFd f;
+    f.fd = atoi(e->d_name);
+    std::string link = base + "/fd/" + e->d_name;
+    char buf[4096];
+    ssize_t n = readlink(link.c_str(), buf, sizeof buf - 1);
+    if (n < 0) continue;  // closed meanwhile
+    f.target.assign(buf, static_cast<size_t>(n));
+    std::string info;
+    if (ReadProcFile(base + "/fdinfo/" + e->d_name, info)) {
+      // "pos:\t0\nflags:\t0100002\nmnt_id:\t..."
+      size_t at = info.find("pos:");
+      if (at != std::string::npos) f.pos = strtoull(info.c_str() + at + 4, nullptr, 10);
+      at = info.find("flags:");
+      if (at != std::string::npos) f.flags = static_cast<uint32_t>(strtoul(info.c_str() + at + 6, nullptr, 8));
+    }
+    struct stat st;
+    if (stat(link.c_str(), &st) == 0) {
+      f.inode = st.st_ino;
+      if (S_ISREG(st.st_mode)) f.size = st.st_size;
+    }
+    out.push_back(std::move(f));
+  }
+  closedir(d);
+  std::sort(out.begin(), out.end(), [](const OpenFd& a, const OpenFd& b) { return a.fd < b.fd; });
+  return out;
+}
+
+std::vector<pid_t> ReadChildren(pid_t pid) {
+  std::vector<pid_t> out;
+  for (pid_t tid : ListThreads(pid)) {
+    std::string text;
+    if (!ReadProcFile("/proc/" + std::to_string(pid) + "/task/" + std::to_string(tid) + "/children", text)) continue;
+    const char* p = text.c_str();
+    char* end = nullptr;
+    for (long v = strtol(p, &end, 10); end != p; p = end, v = strtol(p, &end, 10)) out.push_back(static_cast<pid_t>(v));
+  }
+  return out;
 }
 
 }  // namespace remus

@@ -49,6 +49,22 @@ struct ProcStat {
 // Parses /proc/PID/stat (or /proc/PID/task/TID/stat). Returns false when absent.
 bool ReadStat(const std::string& stat_path, ProcStat& out);
 
+// One open descriptor of a process, as /proc/PID/fd and /proc/PID/fdinfo show it.
+struct OpenFd {
+  int fd = 0;
+  std::string target;     // readlink of /proc/PID/fd/N: a path, "socket:[ino]", "pipe:[ino]"...
+  uint64_t pos = 0;       // fdinfo "pos"
+  uint32_t flags = 0;     // fdinfo "flags" (octal there): O_ACCMODE, O_APPEND, O_NONBLOCK...
+  int64_t size = -1;      // for regular files: st_size; -1 otherwise
+  uint64_t inode = 0;     // st_ino of what it refers to (0 if unknown)
+};
+
+// Every open descriptor, in fd order. Descriptors closed meanwhile are skipped.
+std::vector<OpenFd> ReadFds(pid_t pid);
+
+// PIDs of the children of every thread of `pid` (/proc/PID/task/TID/children).
+std::vector<pid_t> ReadChildren(pid_t pid);
+
 // Refuses targets that cannot or must not be traced, with a message that says why.
 void ValidateTarget(pid_t pid);
 

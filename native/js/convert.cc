@@ -114,6 +114,22 @@ Napi::Value EpochToJs(Napi::Env env, EpochData& d, const std::shared_ptr<BufferP
   }
   o.Set("vmas", vmas);
   o.Set("brk", Big(env, d.brk));
+  Napi::Array fds = Napi::Array::New(env, d.fds.size());
+  for (size_t i = 0; i < d.fds.size(); ++i) {
+    const auto& f = d.fds[i];
+    Napi::Object x = Napi::Object::New(env);
+    x.Set("fd", Napi::Number::New(env, f.fd));
+    x.Set("target", Napi::String::New(env, f.target));
+    x.Set("pos", Big(env, f.pos));
+    x.Set("flags", Napi::Number::New(env, f.flags));
+    x.Set("size", Napi::Number::New(env, static_cast<double>(f.size)));
+    x.Set("inode", Napi::Number::New(env, static_cast<double>(f.inode)));
+    fds[i] = x;
+  }
+  o.Set("fds", fds);
+  Napi::Array children = Napi::Array::New(env, d.children.size());
+  for (size_t i = 0; i < d.children.size(); ++i) children[i] = Napi::Number::New(env, d.children[i]);
+  o.Set("children", children);
   o.Set("ranges", RangesToJs(env, d.ranges));
 
   Napi::Object stats = Napi::Object::New(env);

@@ -77,6 +77,7 @@ Napi::Value TrackerWrap::Epoch(const Napi::CallbackInfo& info) {
     opts.registers = o.Get("registers").ToBoolean();
     opts.layout = o.Get("layout").ToBoolean();
     opts.full = o.Get("full").ToBoolean();
+    if (o.Has("files")) opts.files = o.Get("files").ToBoolean();
   }
   std::shared_ptr<Tracker> tracker = tracker_;
   std::shared_ptr<BufferPool> pool = pool_;

@@ -107,6 +107,12 @@ EpochData Tracker::Epoch(const EpochOptions& options) {
       data.threads.back().pending_signal = t.pending_signal;
     }
   }
+  if (options.files) {
+    // Read while frozen: the image of this epoch needs the descriptors as they are now
+    // (file positions), and a change since the base image means a new base.
+    data.fds = ReadFds(pid_);
+    data.children = ReadChildren(pid_);
+  }
   uint64_t t2 = NowNs();
   TargetView view{pid_, data.vmas, freezer, remote_, reader_, pagemap_.get()};
   backend_->Collect(view, data.report);

@@ -30,6 +30,7 @@ struct EpochOptions {
   bool registers = true;   // capture every thread's registers
   bool layout = true;      // report the VMAs and brk
   bool full = false;       // every page with content, not only the dirty ones
+  bool files = true;       // open descriptors (positions, sizes) and child processes
 };
 
 struct EpochTimings {
@@ -48,6 +49,8 @@ struct EpochData {
   std::vector<ThreadRegisters> threads;
   std::vector<Vma> vmas;
   uint64_t brk = 0;
+  std::vector<OpenFd> fds;        // with options.files
+  std::vector<pid_t> children;    // with options.files
   std::vector<PageRange> ranges;  // sorted, merged
   std::unique_ptr<PageBuffer> pages;
   uint64_t page_bytes = 0;

@@ -1,7 +1,9 @@
 // The encode stage: turns a chunk of pages into a `pages` message body, and back on the
-// standby. This is an interface with one backend today (whole pages, zero pages split
-// out, the rest LZ4-compressed in native code off the event loop); the page-delta codec
-// plugs in here.
+// standby. Two backends: whole pages (zero pages split out, the rest LZ4-compressed in
+// native code off the event loop), here, and the page-delta codec (src/codec/delta-codec.ts:
+// each page as a delta against the version last sent), which needs the standby's current
+// pages to decode (`readBase`) and the primary to say when the standby starts over
+// (`reset`) and which memory still exists (`retain`).
 import { native } from '../native/binding.js';
 import type { PagesMsg } from '../protocol/messages.js';
 
@@ -12,6 +14,18 @@ export type EncodedPages = Omit<PagesMsg, 't' | 'epoch'>;
 export interface PageEncoder {
   /** `pages` holds addrs.length pages of 4 KiB, in the order of `addrs`. */
   encode(addrs: BigUint64Array, pages: Buffer): Promise<EncodedPages>;
+  /**
+   * The standby starts over (a full synchronisation, a new session): forget what was sent
+   * before. An encoder that keeps state must be told, or its deltas are refused.
+   */
+  reset?(): void;
+  /**
+   * The state of the batch just encoded has these VMAs; the standby drops pages outside
+   * them at commit, so a stateful encoder forgets them too. Call after the batch's pages.
+   */
+  retain?(vmas: ReadonlyArray<{ start: bigint; end: bigint }>): void;
+  /** Frees what the encoder holds (native memory). */
+  close?(): void;
 }
 
 export interface DecodedPages {
@@ -22,8 +36,12 @@ export interface DecodedPages {
   zeros: BigUint64Array;
 }
 
+/** The standby's current version of a page (null: it has none, or it is zero). */
+export type ReadBase = (addr: bigint) => Promise<Buffer | null>;
+
 export interface PageDecoder {
-  decode(msg: EncodedPages): Promise<DecodedPages>;
+  /** `readBase` is needed for codec 'delta' (the pages the deltas apply to). */
+  decode(msg: EncodedPages, readBase?: ReadBase): Promise<DecodedPages>;
 }
 
 /** u64 little-endian addresses as a Buffer (a view, no copy). */
@@ -57,6 +75,8 @@ export class Lz4PageDecoder implements PageDecoder {
       pages = msg.data;
     } else if (msg.codec === 'lz4') {
       pages = msg.rawBytes === 0 ? Buffer.alloc(0) : await native().decompressBlock(msg.data, msg.rawBytes);
+    } else if (msg.codec === 'delta') {
+      throw new Error("pages: codec 'delta' needs the page-delta decoder (DeltaPageDecoder)");
     } else {
       throw new Error(`pages: unknown codec '${String(msg.codec)}'`);
     }

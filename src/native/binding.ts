@@ -40,6 +40,19 @@ export interface NativeVma {
   start: bigint; end: bigint; perms: string; offset: bigint; dev: string; inode: number; path: string;
 }
 
+/** An open descriptor, read while the target was frozen. */
+export interface NativeOpenFd {
+  fd: number;
+  /** readlink of /proc/PID/fd/N: a path, 'socket:[123]', 'pipe:[456]', 'anon_inode:[eventpoll]'... */
+  target: string;
+  pos: bigint;
+  /** open flags (O_ACCMODE, O_APPEND, O_NONBLOCK...). */
+  flags: number;
+  /** st_size for regular files, -1 otherwise. */
+  size: number;
+  inode: number;
+}
+
 export interface NativeEpoch {
   seq: number;
   timings: { freezeNs: number; captureNs: number; scanNs: number; readNs: number; thawNs: number; pauseNs: number };
@@ -47,6 +60,9 @@ export interface NativeEpoch {
   threads: NativeThreadState[];
   vmas: NativeVma[];
   brk: bigint;
+  /** Open descriptors and child PIDs (empty with `files: false`). */
+  fds: NativeOpenFd[];
+  children: number[];
   /** Pairs: start address, number of pages. Sorted, merged. */
   ranges: BigUint64Array;
   /** The pages of `ranges`, in order, 4096 bytes each. */
@@ -54,7 +70,7 @@ export interface NativeEpoch {
   stats: { pages: number; pagesWritten: number; pagesNew: number; pagesZapped: number; pagesHashed: number };
 }
 
-export interface NativeEpochOptions { pages: boolean; registers: boolean; layout: boolean; full: boolean }
+export interface NativeEpochOptions { pages: boolean; registers: boolean; layout: boolean; full: boolean; files: boolean }
 
 export interface NativeTracker {
   attach(): Promise<NativeAttachInfo>;
@@ -64,6 +80,75 @@ export interface NativeTracker {
   /** Reads `ranges` from the running target; pages gone meanwhile read as zeros. */
   readLive(ranges: BigUint64Array): Promise<{ pages: Buffer; unreadable: number }>;
   close(): Promise<void>;
+}
+
+/** One `ShadowCache.encode` (src/codec/delta-codec.ts; format in docs/wire-format.md). */
+export interface DeltaEncodeStats {
+  pages: number; zero: number; full: number; delta: number;
+  /** DELTA entries of length 0: written, but the same content. */
+  unchanged: number;
+  hits: number; misses: number; evictions: number;
+  /** 4096 × pages. */
+  rawBytes: number;
+  /** The body before LZ4; the runs of the DELTA entries; the whole batch as sent. */
+  bodyBytes: number; deltaBytes: number; wireBytes: number;
+  compressed: boolean;
+}
+
+export interface ShadowCacheStats {
+  entries: number; capacity: number;
+  /** Cached pages plus fixed metadata; never above maxBytes. */
+  bytes: number; maxBytes: number;
+  eviction: 'clock' | 'lru';
+  hits: number; misses: number; evictions: number; inserts: number; erased: number;
+  closed: boolean;
+}
+
+export interface ShadowCacheOptions {
+  /** Default 64 MiB. */
+  maxBytes?: number;
+  /** Default 'clock'. */
+  eviction?: 'clock' | 'lru';
+  /** Measurement only: carry old^new in delta runs (format flag bit 1). */
+  xorRuns?: boolean;
+  /** Try LZ4 on the batch (default true). */
+  compress?: boolean;
+}
+
+/** The primary's cache of last-sent page versions and the batch encoder. Calls must not overlap. */
+export interface NativeShadowCache {
+  /** `addrs`: u64 LE, one per page. Off the JS thread. */
+  encode(addrs: Buffer, pages: Buffer): Promise<{ data: Buffer; stats: DeltaEncodeStats }>;
+  /** The same on the calling thread (benchmarks, tests). */
+  encodeSync(addrs: Buffer, pages: Buffer): { data: Buffer; stats: DeltaEncodeStats };
+  reset(): void;
+  /** Forgets pages outside the [start, end) byte ranges (pairs, sorted); returns how many. */
+  retain(ranges: BigUint64Array | Buffer): number;
+  stats(): ShadowCacheStats;
+  /** Tests: "" or what is inconsistent. */
+  checkInvariants(): string;
+  close(): void;
+}
+
+declare const parsedBatchBrand: unique symbol;
+/** Opaque: a validated batch held in native memory. */
+export interface ParsedBatchHandle { readonly [parsedBatchBrand]: true }
+
+export interface ParsedDeltaBatch {
+  /** u64 LE: pages with data (FULL, DELTA), pages that are zero, and the DELTA pages whose base is needed, in order. */
+  addrs: Buffer; zeros: Buffer; needBase: Buffer;
+  count: number; full: number; delta: number; zero: number;
+  batch: ParsedBatchHandle;
+}
+
+export interface AppliedDeltaBatch { addrs: Buffer; zeros: Buffer; pages: Buffer }
+
+/** Benchmark only, on the calling thread. */
+export interface NativeCodecBench {
+  xbzrleEncode(olds: Buffer, news: Buffer, known: Uint8Array): { encoded: Buffer; lengths: Int32Array; wireBytes: number };
+  xbzrleDecode(encoded: Buffer, lengths: Int32Array, olds: Buffer, news: Buffer): Buffer;
+  lz4Compress(src: Buffer): Buffer;
+  lz4Decompress(src: Buffer, rawBytes: number): Buffer;
 }
 
 export interface NativeAddon {
@@ -79,6 +164,20 @@ export interface NativeAddon {
   compressPages(pages: Buffer, addrs: Buffer): Promise<{ addrs: Buffer; zeros: Buffer; data: Buffer; compressed: boolean; rawBytes: number }>;
   /** Decodes one LZ4 block into exactly `rawBytes` bytes, or rejects. Off the JS thread. */
   decompressBlock(data: Buffer, rawBytes: number): Promise<Buffer>;
+  ShadowCache: new (options?: ShadowCacheOptions) => NativeShadowCache;
+  /** Checks a delta batch whole (header, LZ4, CRC, every entry); off the JS thread. */
+  parseBatch(data: Buffer): Promise<ParsedDeltaBatch>;
+  parseBatchSync(data: Buffer): ParsedDeltaBatch;
+  /** `bases`: the standby's version of each needBase page (zeros where none), in order. Off the JS thread. */
+  applyBatch(batch: ParsedBatchHandle | Buffer, bases: Buffer): Promise<AppliedDeltaBatch>;
+  applyBatchSync(batch: ParsedBatchHandle | Buffer, bases: Buffer): AppliedDeltaBatch;
+  crc32c(data: Buffer, portable?: boolean): number;
+  codecInfo(): { crc32c: 'sse4.2' | 'portable'; diff: 'avx2' | 'sse2'; formatVersion: number; maxBatchPages: number };
+  codecBench: NativeCodecBench;
+  /** prctl(PR_SET_CHILD_SUBREAPER): orphaned descendants (restored processes) become our children. */
+  setChildSubreaper(): void;
+  /** Reaps `pid` if it exited (never blocks): null while it runs. */
+  reapChild(pid: number): { code: number; signal: number; notChild: boolean } | null;
   parsePagemap(entries: Buffer, start: bigint): { present: BigUint64Array; softDirty: BigUint64Array };
   /**
    * Benchmark only (blocks the JS thread): the floor of an epoch. Without `ranges`: a

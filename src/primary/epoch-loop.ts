@@ -13,13 +13,16 @@ export interface CaptureInfo {
   capturedAt: number;
 }
 
-export function toCaptured(e: Epoch, pid: number): CapturedEpoch {
+export function toCaptured(e: Epoch, pid: number, base = ''): CapturedEpoch {
   const state: EpochState = {
     pid,
     threads: e.threads.map((t) => ({ tid: t.tid, gpregs: t.gpregs, xsave: t.xsave, sigmask: t.sigmask, restart: t.restart })),
     vmas: e.vmas.map((v) => ({ start: v.start, end: v.end, perms: v.perms, offset: v.offset, dev: v.dev, inode: v.inode, path: v.path })),
     brk: e.brk,
     clocks: e.clocks,
+    fds: e.fds.map((f) => ({ fd: f.fd, target: f.target, pos: f.pos, flags: f.flags, size: f.size })),
+    children: e.children,
+    base,
   };
   return { seq: e.seq, capturedAt: Date.now(), ranges: e.ranges, pages: e.pages, state, release: () => e.release() };
 }

@@ -188,12 +188,23 @@ export class EpochQueue {
 
   /** Everything pending, coalesced; null when nothing is pending. */
   take(): Batch | null {
-    if (this.#pending.length === 0) return null;
-    const batch = new Batch(this.#pending);
-    this.#coalescedEpochs += this.#pending.length - 1;
-    this.#coalescedPages += batch.capturedPages - batch.pageCount;
+    const epochs = this.takeEpochs();
+    return epochs.length ? this.coalesce(epochs) : null;
+  }
+
+  /** Everything pending, as it is (the caller may add epochs before coalescing). */
+  takeEpochs(): CapturedEpoch[] {
+    const out = this.#pending;
     this.#pending = [];
     this.#pendingBytes = 0;
+    return out;
+  }
+
+  /** One batch of `epochs` (oldest first), counted in the coalescing statistics. */
+  coalesce(epochs: CapturedEpoch[]): Batch {
+    const batch = new Batch(epochs);
+    this.#coalescedEpochs += epochs.length - 1;
+    this.#coalescedPages += batch.capturedPages - batch.pageCount;
     return batch;
   }
 

@@ -8,10 +8,13 @@
 // consistent), then batches until the link fails. Then the target keeps running, the
 // agent reconnects with back-off and starts a new session with a full synchronisation.
 import { EventEmitter } from 'node:events';
-import { hostname } from 'node:os';
+import { mkdir, rm } from 'node:fs/promises';
+import { hostname, tmpdir } from 'node:os';
+import { join } from 'node:path';
 import { randomUUID } from 'node:crypto';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { Lz4PageEncoder, type PageEncoder } from '../codec/page-codec.js';
+import { locateCriu } from '../criu/locate.js';
 import { ReplicateError } from '../errors.js';
 import { silentLogger, type Logger } from '../log/logger.js';
 import { ReplicationMetrics } from '../metrics/metrics.js';
@@ -21,7 +24,8 @@ import { TransportError } from '../transport/errors.js';
 import type { SecurityOptions } from '../transport/security.js';
 import { Tracker, type TrackerOptions } from '../tracker/tracker.js';
 import { Percentiles } from '../util/stats.js';
-import { chunkRanges, EpochQueue, PAGE_SIZE, type Batch, type CapturedEpoch } from './epoch-queue.js';
+import { basePieces, checkNoChildren, describeChange, fingerprint, removeBase, takeBase, type BaseImage } from './base-image.js';
+import { chunkRanges, EpochQueue, PAGE_SIZE, type CapturedEpoch } from './epoch-queue.js';
 import { EpochLoop, type CaptureInfo } from './epoch-loop.js';
 
 export interface PrimaryOptions {
@@ -44,6 +48,20 @@ export interface PrimaryOptions {
   maxInFlight?: number;
   /** Pages per `pages` frame. Default 256 (1 MiB raw). */
   framePages?: number;
+  /**
+   * Take CRIU base images (needed for failover: the standby restores epochs on top of
+   * one). Default true. Without them the standby has the memory but cannot restore it.
+   */
+  baseImage?: boolean;
+  /** CRIU binary (default: REPLICATE_CRIU, the project's build, PATH). */
+  criu?: string;
+  /** Where base images are dumped before they are sent. Default $TMPDIR/remus-replicate-<pid>. */
+  workDir?: string;
+  /**
+   * Stop (SIGKILL) the target once the standby has been unreachable this long: past that
+   * the standby may have promoted, and two copies must not both serve. Default: never.
+   */
+  selfFenceAfterMs?: number;
   logger?: Logger;
   metrics?: ReplicationMetrics;
   encoder?: PageEncoder;
@@ -79,24 +97,38 @@ export interface PrimaryStats {
   compressionRatio: number;
   sentBytes: number;
   syncs: number;
+  /** New base images taken because the target's resources changed. */
+  rebases: number;
+  /** The current base image (empty without base images). */
+  base: string;
   reconnects: number;
   queue: ReturnType<EpochQueue['stats']>;
   rttMs: number;
   startedAt: number;
 }
 
-interface InFlight { epoch: number; capturedAt: number; rawBytes: number; wireBytes: number; pages: number }
+interface InFlight {
+  /** Batch number (what the standby commits). */
+  epoch: number;
+  /** Newest capture (tracker epoch) in the batch. */
+  lastCapture: number;
+  capturedAt: number;
+  rawBytes: number;
+  wireBytes: number;
+  pages: number;
+}
 
 /**
  * A running protection. Events: 'link' (LinkState), 'sync-progress' (SyncProgress),
  * 'synced' ({ epoch, pages, ms }), 'epoch' (CaptureInfo), 'commit' (CommitInfo),
- * 'lag' (lagMs), 'standby-lost' ({ reason, retryInMs }), 'target-exit' (Error), 'error' (Error).
+ * 'lag' (lagMs), 'standby-lost' ({ reason, retryInMs }), 'rebase' ({ base, dumpMs, bytes }),
+ * 'fenced' ({ reason }: the target was stopped by self-fencing), 'target-exit' (Error), 'error' (Error).
  */
 export class Primary extends EventEmitter {
   readonly pid: number;
   readonly lineage = randomUUID();
   readonly generation: number = 1;
-  readonly #o: Required<Omit<PrimaryOptions, 'logger' | 'metrics' | 'encoder' | 'backend'>> & Pick<PrimaryOptions, 'backend'>;
+  readonly #o: Required<Omit<PrimaryOptions, 'logger' | 'metrics' | 'encoder' | 'backend' | 'criu' | 'workDir' | 'selfFenceAfterMs'>> & Pick<PrimaryOptions, 'backend' | 'criu' | 'workDir' | 'selfFenceAfterMs'>;
   readonly #log: Logger;
   readonly metrics: ReplicationMetrics;
   readonly #encoder: PageEncoder;
@@ -112,7 +144,13 @@ export class Primary extends EventEmitter {
   #inFlight: InFlight[] = [];
   #ackWaiters: Array<() => void> = [];
   #committed = 0;
+  #committedCapture = 0;
   #lastSent = 0;
+  #batchSeq = 0;
+  #base: BaseImage | undefined;
+  #criu: string | undefined;
+  #workDir = '';
+  #rebases = 0;
   #pauses = new Percentiles(1024);
   #recent: Array<{ pages: number; bytes: number }> = [];
   #raw = 0;
@@ -120,6 +158,7 @@ export class Primary extends EventEmitter {
   #syncs = 0;
   #reconnects = 0;
   #everSynced = false;
+  #lastContact = 0;
   #startedAt = Date.now();
 
   private constructor(options: PrimaryOptions) {
@@ -130,6 +169,7 @@ export class Primary extends EventEmitter {
       epochMs: options.epochMs ?? 100, backend: options.backend, highWaterBytes: options.highWaterBytes ?? 256 * 2 ** 20,
       heartbeatMs: options.heartbeatMs ?? 50, reconnectMinMs: options.reconnectMinMs ?? 100, reconnectMaxMs: options.reconnectMaxMs ?? 5000,
       maxInFlight: options.maxInFlight ?? 2, framePages: options.framePages ?? 256,
+      baseImage: options.baseImage ?? true, criu: options.criu, workDir: options.workDir, selfFenceAfterMs: options.selfFenceAfterMs,
     };
     this.#log = (options.logger ?? silentLogger).child({ role: 'primary', target: options.pid });
     this.metrics = options.metrics ?? new ReplicationMetrics('primary', { defaults: false });
@@ -141,16 +181,49 @@ export class Primary extends EventEmitter {
   static async start(options: PrimaryOptions): Promise<Primary> {
     validate(options);
     const p = new Primary(options);
+    if (p.#o.baseImage) {
+      const criu = await locateCriu(options.criu);
+      if (!criu.versionOk || !criu.checkOk)
+        throw new ReplicateError('CRIU_UNAVAILABLE', `CRIU at ${criu.path} is not usable (version ${criu.version}${criu.checkOk ? '' : ', `criu check` failed'}): failover needs CRIU 4.2+; run \`replicate check\`, or pass baseImage: false (--no-base-image) to replicate without failover`);
+      p.#criu = criu.path;
+      p.#workDir = options.workDir ?? join(tmpdir(), `remus-replicate-${process.pid}-${options.pid}`);
+      await mkdir(p.#workDir, { recursive: true, mode: 0o700 });
+    }
     p.#tracker = await Tracker.attach(options.pid, { backend: options.backend });
     p.#log.info({ backend: p.#tracker.backend, reason: p.#tracker.backendReason }, 'tracking armed');
     p.#loop = new EpochLoop(p.#tracker, p.#queue, { epochMs: p.#o.epochMs });
     p.#loop.on('capture', (c: CaptureInfo) => p.#onCapture(c));
     p.#loop.on('error', (e: Error) => p.#onTrackerError(e));
     p.#run = p.#main();
+    if (p.#o.selfFenceAfterMs !== undefined) p.#watchSelfFence(p.#o.selfFenceAfterMs);
     return p;
   }
 
   get state(): LinkState { return this.#state; }
+
+  /**
+   * Self-fencing: once the standby has been silent for `afterMs` (after a first
+   * synchronisation), it may have promoted: stop the target so that two copies never serve.
+   */
+  #watchSelfFence(afterMs: number): void {
+    const timer = setInterval(() => {
+      if (this.#stopping) { clearInterval(timer); return; }
+      if (!this.#everSynced) return;
+      const heard = Math.max(this.#lastContact, this.#link?.lastHeardAt ?? 0);
+      if (Date.now() - heard < afterMs) return;
+      clearInterval(timer);
+      this.#fence(`the standby has been unreachable for ${Date.now() - heard} ms (self-fence after ${afterMs} ms)`);
+    }, Math.min(100, Math.max(10, afterMs / 10)));
+    timer.unref();
+  }
+
+  /** Stops the target for good (SIGKILL) and replication with it. */
+  #fence(reason: string): void {
+    this.#log.error({ reason }, 'self-fencing: stopping the target so that only the standby\'s copy serves');
+    try { process.kill(this.pid, 'SIGKILL'); } catch { /* already gone */ }
+    this.emit('fenced', { reason });
+    void this.stop();
+  }
   get committedEpoch(): number { return this.#committed; }
 
   stats(): PrimaryStats {
@@ -159,14 +232,14 @@ export class Primary extends EventEmitter {
       role: 'primary', pid: this.pid, lineage: this.lineage, generation: this.generation, backend: this.#tracker.backend,
       link: this.#state, standby: `${this.#o.host}:${this.#o.port}`, epochMs: this.#o.epochMs,
       capturedEpoch: this.#loop.lastSeq, committedEpoch: this.#committed,
-      lagEpochs: Math.max(0, this.#loop.lastSeq - this.#committed),
+      lagEpochs: Math.max(0, this.#loop.lastSeq - this.#committedCapture),
       lagBytes: this.#queue.pendingBytes + this.#inFlight.reduce((s, f) => s + f.rawBytes, 0),
       lagMs: this.#lagMs(),
       pauseMs: { p50: this.#pauses.p(50), p99: this.#pauses.p(99), max: this.#pauses.max() },
       pagesPerEpoch: this.#recent.reduce((s, r) => s + r.pages, 0) / n,
       bytesPerEpoch: this.#recent.reduce((s, r) => s + r.bytes, 0) / n,
       compressionRatio: this.#wire > 0 ? this.#raw / this.#wire : 0,
-      sentBytes: this.#wire, syncs: this.#syncs, reconnects: this.#reconnects, queue: this.#queue.stats(),
+      sentBytes: this.#wire, syncs: this.#syncs, rebases: this.#rebases, base: this.#base?.id ?? '', reconnects: this.#reconnects, queue: this.#queue.stats(),
       rttMs: this.#link?.rttMs ?? 0, startedAt: this.#startedAt,
     };
   }
@@ -181,6 +254,8 @@ export class Primary extends EventEmitter {
       await this.#run?.catch(() => undefined);
       this.#queue.clear();
       await this.#tracker.close();
+      if (this.#base) await removeBase(this.#base).catch(() => undefined);
+      if (this.#workDir) await rm(this.#workDir, { recursive: true, force: true }).catch(() => undefined);
       this.#setState('stopped');
     })();
     return this.#stopped;
@@ -233,6 +308,10 @@ export class Primary extends EventEmitter {
         reason = await this.#session(link);
       } catch (e) {
         reason = (e as Error).message;
+        if (e instanceof RefusedError && e.code === 'STALE_GENERATION' && this.#o.selfFenceAfterMs !== undefined) {
+          this.#fence(`the standby refused us as stale: ${e.message}`);
+          return;
+        }
         if (this.#fatal(e)) {
           if (!this.#stopping) {
             this.#log.error({ err: reason }, 'replication cannot go on');
@@ -252,7 +331,7 @@ export class Primary extends EventEmitter {
       if (this.#stopping) return;
       this.#setState('disconnected');
       const wait = Math.min(this.#o.reconnectMaxMs, delay) * (0.75 + Math.random() * 0.5);
-      this.#log.warn({ reason, retryInMs: Math.round(wait) }, 'standby unreachable; the target keeps running; reconnecting');
+      this.#log.warn({ reason, retryInMs: Math.round(wait) }, 'session with the standby ended; the target keeps running; reconnecting');
       this.emit('standby-lost', { reason, retryInMs: wait });
       this.#reconnects++;
       await sleep(wait, undefined, { signal: this.#abort.signal }).catch(() => undefined);
@@ -278,6 +357,7 @@ export class Primary extends EventEmitter {
     const messages: Message[] = [];
     let notify: (() => void) | undefined;
     link.on('message', (m: Message) => {
+      this.#lastContact = Date.now();
       if (m.t === 'ack') this.#onAck(m.epoch);
       else if (m.t !== 'hb') { messages.push(m); notify?.(); }
     });
@@ -311,6 +391,7 @@ export class Primary extends EventEmitter {
       if (this.#recent.length > 64) this.#recent.shift();
       if (f.epoch === epoch) {
         this.#committed = epoch;
+        this.#committedCapture = f.lastCapture;
         const info: CommitInfo = { epoch, lagMs: now - f.capturedAt, pages: f.pages, bytes: f.wireBytes };
         this.metrics.committedEpoch.set(epoch);
         this.metrics.lag.set(this.#lagMs() / 1000);
@@ -325,49 +406,51 @@ export class Primary extends EventEmitter {
     while (this.#inFlight.length >= this.#o.maxInFlight && !link.closed) await new Promise<void>((r) => this.#ackWaiters.push(r));
   }
 
-  /** Every page, read while the target runs, then one frozen epoch on top. */
+  /**
+   * A full synchronisation: a fresh base image, then every page read while the target
+   * runs, then frozen epochs on top until the state matches the base: the standby gets a
+   * consistent epoch it can restore, as one atomic batch.
+   */
   async #fullSync(link: Link): Promise<void> {
     this.#setState('syncing');
     this.#syncs++;
     const started = performance.now();
     await this.#loop.pause();
     this.#queue.clear();
-    const epoch = this.#loop.lastSeq + 1;
+    const epoch = ++this.#batchSeq;
     await link.send({ t: 'begin', epoch, base: 0, full: true });
+    let wire = 0;
+    let sent = 0;
+    if (this.#o.baseImage) {
+      // Captures around the dump prove the base matches; their pages are not needed: the
+      // live copy below reads every page afterwards.
+      const { base, epochs } = await this.#newBase();
+      for (const e of epochs) e.release();
+      wire += await this.#sendBase(link, base);
+    }
     const present = await this.#tracker.present();
     let total = 0;
     for (let i = 1; i < present.length; i += 2) total += Number(present[i]!);
     const progress: SyncProgress = { sentPages: 0, totalPages: total, bytes: 0 };
     this.#log.info({ pages: total, bytes: total * PAGE_SIZE }, 'full synchronisation: copying every page while the target runs');
-    let sent = 0;
     const readChunk = 4096; // pages read per process_vm_readv pass (16 MiB)
     for (const part of splitRanges(present, readChunk)) {
       const { pages } = await this.#tracker.readLive(part);
       for (const c of chunkRanges(part, pages, this.#o.framePages)) {
         const bytes = await this.#sendPages(link, epoch, c.addrs, c.pages);
         sent += c.addrs.length;
+        wire += bytes;
         progress.sentPages = sent; progress.bytes += bytes;
         this.emit('sync-progress', { ...progress });
       }
     }
-    // The consistent cut: one frozen epoch with everything written during the copy.
-    const last: CapturedEpoch = await this.#loop.captureOne();
-    if (last.seq !== epoch) throw new ReplicateError('SYSTEM_ERROR', `internal: sync epoch ${last.seq} != ${epoch}`);
-    try {
-      for (const c of chunkRanges(last.ranges, last.pages, this.#o.framePages)) {
-        progress.bytes += await this.#sendPages(link, epoch, c.addrs, c.pages);
-        sent += c.addrs.length;
-      }
-    } finally {
-      last.release();
-    }
-    this.#inFlight.push({ epoch, capturedAt: last.capturedAt, rawBytes: sent * PAGE_SIZE, wireBytes: progress.bytes, pages: sent });
-    await link.send(endMsg(epoch, sent, last.capturedAt, last.state));
-    this.#lastSent = epoch;
+    // The consistent cut: frozen epochs with everything written during the copy.
+    const tail = [await this.#loop.captureOne()];
+    const r = await this.#finishBatch(link, epoch, tail, sent, wire);
     const ms = performance.now() - started;
-    this.#log.info({ epoch, pages: sent, ms: Math.round(ms) }, 'full synchronisation sent');
+    this.#log.info({ epoch, pages: r.pages, ms: Math.round(ms) }, 'full synchronisation sent');
     this.#everSynced = true;
-    this.emit('synced', { epoch, pages: sent, ms });
+    this.emit('synced', { epoch, pages: r.pages, ms });
   }
 
   async #stream(link: Link): Promise<void> {
@@ -375,22 +458,114 @@ export class Primary extends EventEmitter {
       await this.#waitForWindow(link);
       await this.#queue.wait(this.#abort.signal);
       if (this.#stopping || link.closed) return;
-      const batch = this.#queue.take();
-      if (batch) await this.#sendBatch(link, batch);
+      const epochs = this.#queue.takeEpochs();
+      if (epochs.length === 0) continue;
+      const epoch = ++this.#batchSeq;
+      await link.send({ t: 'begin', epoch, base: this.#lastSent, full: false });
+      await this.#finishBatch(link, epoch, epochs, 0, 0);
     }
   }
 
-  async #sendBatch(link: Link, batch: Batch): Promise<void> {
-    await link.send({ t: 'begin', epoch: batch.epoch, base: this.#lastSent, full: false });
-    let wire = 0;
+  /**
+   * Sends `epochs` (coalesced) and the batch's end. When the newest state no longer
+   * matches the base (a descriptor, thread or file mapping changed), a new base is taken
+   * first and sent in the same batch, with the epochs captured around it.
+   */
+  async #finishBatch(link: Link, epoch: number, epochs: CapturedEpoch[], pagesBefore: number, wireBefore: number): Promise<{ pages: number }> {
+    let wire = wireBefore;
+    let pages = pagesBefore;
+    let all = epochs;
     try {
-      for (const c of batch.chunks(this.#o.framePages)) wire += await this.#sendPages(link, batch.epoch, c.addrs, c.pages);
+      const newest = all[all.length - 1]!.state;
+      checkNoChildren(newest);
+      if (this.#base && fingerprint(newest) !== this.#base.fingerprint) {
+        this.#log.info({ change: describeChange(this.#base.fingerprint, fingerprint(newest)) }, 're-base: the target\'s resources changed since the base image');
+        const resume = this.#loop.active;
+        await this.#loop.pause();
+        const more = this.#queue.takeEpochs();
+        const { base, epochs: around } = await this.#newBase();
+        all = [...all, ...more, ...around];
+        wire += await this.#sendBase(link, base);
+        this.#rebases++;
+        this.emit('rebase', { base: base.id, dumpMs: base.dumpMs, bytes: base.bytes });
+        if (resume) this.#loop.resume();
+      }
+    } catch (e) {
+      for (const x of all) x.release();
+      throw e;
+    }
+    const batch = this.#queue.coalesce(all);
+    try {
+      for (const c of batch.chunks(this.#o.framePages)) wire += await this.#sendPages(link, epoch, c.addrs, c.pages);
     } finally {
       batch.release();
     }
-    this.#inFlight.push({ epoch: batch.epoch, capturedAt: batch.capturedAt, rawBytes: batch.pageCount * PAGE_SIZE, wireBytes: wire, pages: batch.pageCount });
-    await link.send(endMsg(batch.epoch, batch.pageCount, batch.capturedAt, batch.state));
-    this.#lastSent = batch.epoch;
+    pages += batch.pageCount;
+    this.#inFlight.push({ epoch, lastCapture: batch.epoch, capturedAt: batch.capturedAt, rawBytes: batch.pageCount * PAGE_SIZE, wireBytes: wire, pages });
+    await link.send(endMsg(epoch, pages, batch.capturedAt, { ...batch.state, base: this.#base?.id ?? '' }));
+    this.#lastSent = epoch;
+    return { pages };
+  }
+
+  /**
+   * Takes a new base image: a frozen capture, the dump, another capture. If the two
+   * captures agree on the resources, so does the dump taken between them. The captures
+   * are returned (their pages belong to the batch being built).
+   */
+  async #newBase(): Promise<{ base: BaseImage; epochs: CapturedEpoch[] }> {
+    const epochs: CapturedEpoch[] = [];
+    try {
+      for (let attempt = 1; ; attempt++) {
+        const before = await this.#loop.captureOne();
+        epochs.push(before);
+        checkNoChildren(before.state);
+        const base = await this.#dumpWithRetries(before);
+        const after = await this.#loop.captureOne();
+        epochs.push(after);
+        const same = fingerprint(after.state) === base.fingerprint;
+        if (same || attempt >= 3) {
+          if (!same) this.#log.warn({ change: describeChange(base.fingerprint, fingerprint(after.state)) }, 'the target changes its resources faster than a base can be taken; going on, a new base follows');
+          const old = this.#base;
+          this.#base = base;
+          if (old) await removeBase(old).catch(() => undefined);
+          this.#log.info({ base: base.id, dumpMs: Math.round(base.dumpMs), bytes: base.bytes }, 'base image taken');
+          return { base, epochs };
+        }
+        await removeBase(base);
+      }
+    } catch (e) {
+      for (const x of epochs) x.release();
+      throw e;
+    }
+  }
+
+  /**
+   * The dump itself, retried twice (a thread that exits in the middle of a dump makes
+   * CRIU fail once); a dump that keeps failing stops replication with CRIU's reason (a
+   * socket it cannot dump, for instance), since the standby could never restore.
+   */
+  async #dumpWithRetries(state: CapturedEpoch): Promise<BaseImage> {
+    for (let attempt = 1; ; attempt++) {
+      try {
+        return await takeBase({ criu: this.#criu!, pid: this.pid, workDir: this.#workDir, generation: this.generation, state: state.state });
+      } catch (e) {
+        if (attempt >= 3 || !(e instanceof ReplicateError) || e.code !== 'CRIU_FAILED') throw e;
+        this.#log.warn({ err: e.message, attempt }, 'base image dump failed; retrying');
+        await sleep(50 * attempt);
+      }
+    }
+  }
+
+  /** Sends the base image's files into the open batch; returns the bytes sent. */
+  async #sendBase(link: Link, base: BaseImage): Promise<number> {
+    let bytes = 0;
+    for await (const piece of basePieces(base)) {
+      await link.send({ t: 'image', base: base.id, ...piece });
+      bytes += piece.data.length;
+    }
+    this.#wire += bytes;
+    this.metrics.sentBytes.inc(bytes);
+    return bytes;
   }
 
   /** Encodes and sends one frame of pages; returns the encoded bytes. */

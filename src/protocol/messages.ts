@@ -5,6 +5,7 @@
 //   hello  ------------------------------------>
 //          <------------------------------------  welcome | refuse
 //   begin{epoch, base, full}  ----------------->      a batch: the pages of epochs (base, epoch]
+//   image{...} x N  --------------------------->      a new CRIU base image (full batches, re-bases)
 //   pages{...} x N  --------------------------->      (full: every page; replaces the store)
 //   end{epoch, pages, capturedAt, state}  ----->      applied atomically, fsync'd, then:
 //          <------------------------------------  ack{epoch}
@@ -18,7 +19,13 @@ export type PageCodec =
   /** The pages, concatenated, compressed as one LZ4 block (`rawBytes` = count × 4096). */
   | 'lz4'
   /** The pages, concatenated, as they are. */
-  | 'raw';
+  | 'raw'
+  /**
+   * Page-delta batch (docs/wire-format.md): every page as ZERO, FULL or a DELTA against the
+   * version last sent, addresses inside `data`; `addrs` and `zeros` are empty and `rawBytes`
+   * is 4096 × the pages with data (FULL and DELTA).
+   */
+  | 'delta';
 
 export interface ThreadStateWire {
   tid: number;
@@ -36,6 +43,17 @@ export interface VmaWire {
   start: bigint; end: bigint; perms: string; offset: bigint; dev: string; inode: number; path: string;
 }
 
+/** An open descriptor of the target, read while it was frozen. */
+export interface FdWire {
+  fd: number;
+  /** What /proc/PID/fd/N links to: a path, 'socket:[123]', 'pipe:[456]'... */
+  target: string;
+  pos: bigint;
+  flags: number;
+  /** st_size of a regular file, -1 for anything else. */
+  size: number;
+}
+
 /** What a consistent epoch carries besides pages: enough to build a CRIU image. */
 export interface EpochState {
   pid: number;
@@ -43,6 +61,11 @@ export interface EpochState {
   vmas: VmaWire[];
   brk: bigint;
   clocks: { monotonicNs: bigint; boottimeNs: bigint; realtimeNs: bigint };
+  fds: FdWire[];
+  /** PIDs of the target's children (replication refuses targets that have any). */
+  children: number[];
+  /** Id of the CRIU base image this state goes with ('' when there is none). */
+  base: string;
 }
 
 export interface HelloMsg {
@@ -77,6 +100,22 @@ export interface BeginMsg {
   base: number;
   /** Every page of the process: replaces what the standby has (on commit). */
   full: boolean;
+}
+
+/**
+ * A piece of a file of a CRIU base image (`criu dump --leave-running` of the target).
+ * Sent inside a batch, before its `end`: the batch's state names this base, and the
+ * standby switches to it when the batch commits.
+ */
+export interface ImageMsg {
+  t: 'image';
+  base: string;
+  /** File name inside the image directory (no slashes). */
+  name: string;
+  offset: number;
+  data: Buffer;
+  /** The file is complete with this piece. */
+  last: boolean;
 }
 
 export interface PagesMsg {
@@ -117,7 +156,13 @@ export interface HeartbeatMsg {
   status?: string;
 }
 
-export interface ByeMsg { t: 'bye'; reason: string }
+/**
+ * An orderly end of the link. Reasons with a meaning for the standby:
+ *   'target-exited'  the protected process exited on a healthy primary: no promotion
+ *                    (unless the standby was told to promote then too)
+ *   'primary stopping'  the operator stopped replication: no promotion
+ */
+export interface ByeMsg { t: 'bye'; reason: string; exitCode?: number }
 
-export type Message = HelloMsg | WelcomeMsg | RefuseMsg | BeginMsg | PagesMsg | EndMsg | AckMsg | HeartbeatMsg | ByeMsg;
+export type Message = HelloMsg | WelcomeMsg | RefuseMsg | BeginMsg | ImageMsg | PagesMsg | EndMsg | AckMsg | HeartbeatMsg | ByeMsg;
 export type MessageType = Message['t'];

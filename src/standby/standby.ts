@@ -15,8 +15,13 @@ import { silentLogger, type Logger } from '../log/logger.js';
 import { ReplicationMetrics } from '../metrics/metrics.js';
 import { PROTOCOL_VERSION, type BeginMsg, type EndMsg, type HelloMsg, type Message, type PagesMsg } from '../protocol/messages.js';
 import { writeStatusFile } from '../status/status-file.js';
-import { listen, type Link, type ListeningServer } from '../transport/link.js';
+import { listen, type Link, type LinkCloseInfo, type ListeningServer } from '../transport/link.js';
 import type { SecurityOptions } from '../transport/security.js';
+import { locateCriu } from '../criu/locate.js';
+import { createDetector, type DetectorOptions, type FailureDetector } from '../failover/failure-detector.js';
+import { promote, type PromotionOptions, type PromotionResult } from '../failover/promoter.js';
+import { native } from '../native/binding.js';
+import { BaseImageWriter, pruneBases } from './base-images.js';
 import { EpochStore, type EpochBatch } from './epoch-store.js';
 
 export interface StandbyOptions {
@@ -35,12 +40,31 @@ export interface StandbyOptions {
   decoder?: PageDecoder;
   /** How often the status file is rewritten. Default 1000. */
   statusIntervalMs?: number;
+  /** How the primary's death is decided. Default phi accrual over the heartbeats. */
+  detector?: DetectorOptions;
+  /** Promote when the detector fires. Default true; false waits for `promote()` (`replicate promote`). */
+  autoPromote?: boolean;
+  /** Promote also when the primary reports that the target itself exited. Default false. */
+  promoteOnTargetExit?: boolean;
+  /** How to promote (health check, fencing, hooks...). CRIU is located at start when omitted. */
+  promotion?: Omit<PromotionOptions, 'criu'> & { criu?: string };
 }
 
 export interface PeerInfo { remote: string; lineage: string; pid: number; host: string; generation: number }
 
+export type StandbyRole = 'standby' | 'promoting' | 'primary' | 'failed';
+
 export interface StandbyStats {
-  role: 'standby';
+  /** 'primary' once a promotion restored the process here. */
+  role: StandbyRole;
+  /** The outcome of the last promotion, if any. */
+  promotion: (PromotionResult & { at: number; reason: string }) | null;
+  /** The restored process is still running (after a promotion). */
+  restoredRunning: boolean;
+  detector: string;
+  /** Detection time the detector implies for a primary that stops mid-heartbeat. */
+  expectedDetectionMs: number;
+  suspicion: number;
   pid: number;
   dir: string;
   listen: string;
@@ -64,7 +88,11 @@ export interface StandbyStats {
   updatedAt: number;
 }
 
-/** Events: 'commit' ({ epoch, lineage, pages, bytes }), 'peer' ({ state, peer, reason? }), 'rejected' ({ remote, reason }), 'error'. */
+/**
+ * Events: 'commit' ({ epoch, lineage, pages, bytes }), 'peer' ({ state, peer, reason? }),
+ * 'rejected' ({ remote, reason }), 'suspect' ({ silentMs }), 'promoting' ({ reason }),
+ * 'promoted' (PromotionResult), 'restored-exit' ({ pid, code, signal }), 'error'.
+ */
 export class Standby extends EventEmitter {
   readonly dir: string;
   readonly #o: StandbyOptions;
@@ -84,6 +112,17 @@ export class Standby extends EventEmitter {
   #statusTimer: NodeJS.Timeout | undefined;
   #closed = false;
   #statusAt = 0;
+  #role: StandbyRole = 'standby';
+  #detector!: FailureDetector;
+  /** Watching the primary: set from its first admitted session until an orderly goodbye. */
+  #armed = false;
+  #lastHeard = 0; // performance.now() of the last sign of life
+  #watchTimer: NodeJS.Timeout | undefined;
+  #reapTimer: NodeJS.Timeout | undefined;
+  #promotion: (PromotionResult & { at: number; reason: string }) | null = null;
+  #restoredRunning = false;
+  #criu = '';
+  #promoting: Promise<PromotionResult> | undefined;
 
   private constructor(o: StandbyOptions) {
     super();
@@ -97,8 +136,17 @@ export class Standby extends EventEmitter {
   static async start(o: StandbyOptions): Promise<Standby> {
     if (!o.dir) throw new ReplicateError('INVALID_ARGUMENT', 'dir is required (where the standby keeps the committed epoch)');
     const s = new Standby(o);
+    s.#detector = createDetector(o.detector ?? { kind: 'phi', heartbeatMs: o.heartbeatMs ?? 50 });
+    if (o.autoPromote !== false || o.promotion?.criu) {
+      const criu = await locateCriu(o.promotion?.criu);
+      if (!criu.versionOk || !criu.checkOk)
+        throw new ReplicateError('CRIU_UNAVAILABLE', `CRIU at ${criu.path} is not usable (version ${criu.version}${criu.checkOk ? '' : ', \`criu check\` failed'}): promotion needs CRIU 4.2+ (run \`replicate check\`)`);
+      s.#criu = criu.path;
+    }
     s.#store = await EpochStore.open(o.dir, { fsync: o.fsync ?? true });
     const c = s.#store.committed;
+    // Leftovers of a batch that never committed, and bases no commit names.
+    await pruneBases(o.dir, c?.state.base || null);
     if (c) {
       s.#log.info({ epoch: c.epoch, lineage: c.lineage, pages: c.pages }, 'committed epoch found on disk');
       s.metrics.committedEpoch.set(c.epoch);
@@ -116,6 +164,8 @@ export class Standby extends EventEmitter {
     s.#log.info({ address: s.address }, 'standby listening');
     s.#statusTimer = setInterval(() => void s.#writeStatus(), o.statusIntervalMs ?? 1000);
     s.#statusTimer.unref();
+    s.#watchTimer = setInterval(() => s.#watch(), Math.max(5, Math.min(50, (o.heartbeatMs ?? 50) / 5)));
+    s.#watchTimer.unref();
     await s.#writeStatus();
     return s;
   }
@@ -128,7 +178,10 @@ export class Standby extends EventEmitter {
     const c = this.#store.committed;
     const n = this.#recent.length || 1;
     return {
-      role: 'standby', pid: process.pid, dir: this.dir, listen: this.address,
+      role: this.#role, promotion: this.#promotion, restoredRunning: this.#restoredRunning,
+      detector: this.#detector.description, expectedDetectionMs: this.#detector.expectedDetectionMs(),
+      suspicion: this.#armed ? this.#detector.suspicion() : 0,
+      pid: process.pid, dir: this.dir, listen: this.address,
       link: this.#session ? 'connected' : 'listening', peer: this.#session?.peer ?? null,
       lineage: c?.lineage ?? null, generation: c?.generation ?? 0, committedEpoch: c?.epoch ?? 0, committedAt: c?.committedAt ?? 0,
       lagMs: this.#capturedAt ? Date.now() - this.#capturedAt : 0,
@@ -145,6 +198,9 @@ export class Standby extends EventEmitter {
     if (this.#closed) return;
     this.#closed = true;
     if (this.#statusTimer) clearInterval(this.#statusTimer);
+    if (this.#watchTimer) clearInterval(this.#watchTimer);
+    if (this.#reapTimer) clearInterval(this.#reapTimer);
+    await this.#promoting?.catch(() => undefined);
     await this.#server.close();
     await this.#session?.finished;
     await this.#writeStatus(false);
@@ -176,6 +232,7 @@ export class Standby extends EventEmitter {
     ).finally(() => {
       if (this.#session === session) {
         this.#session = undefined;
+        this.#onSessionEnd(session);
         this.emit('peer', { state: 'disconnected', peer: session.peer, reason: session.endReason });
         this.#log.warn({ reason: session.endReason }, 'primary disconnected');
         void this.#writeStatus();
@@ -184,10 +241,101 @@ export class Standby extends EventEmitter {
     });
   }
 
+  /** A session ended: an orderly goodbye disarms the detector, anything else leaves it watching. */
+  #onSessionEnd(session: Session): void {
+    const bye = session.byeReason;
+    if (bye === 'primary stopping') {
+      this.#armed = false;
+      this.#log.info('the primary stopped replication in order: no promotion');
+    } else if (bye === 'target-exited') {
+      if (this.#o.promoteOnTargetExit && this.#store.committed) {
+        this.#log.warn('the protected process exited on the primary: promoting (promoteOnTargetExit)');
+        void this.promote('the protected process exited on the primary');
+      } else {
+        this.#armed = false;
+        this.#log.warn('the protected process exited on a healthy primary: no promotion (the standby keeps its last commit)');
+      }
+    }
+  }
+
+  /** Checks the detector; promotes when it fires (auto mode). */
+  #watch(): void {
+    if (!this.#armed || this.#role !== 'standby' || !this.#store.committed) return;
+    const link = this.#session?.link;
+    if (link) {
+      // Bytes still arriving (a long frame) are a sign of life too.
+      const heard = performance.now() - Math.max(0, Date.now() - link.lastHeardAt);
+      if (heard > this.#lastHeard) { this.#lastHeard = heard; this.#detector.alive(heard); }
+    }
+    if (!this.#detector.suspected()) return;
+    const silentMs = performance.now() - this.#lastHeard;
+    this.#armed = false;
+    this.#log.warn({ silentMs: Math.round(silentMs), detector: this.#detector.description }, 'the primary is considered dead');
+    this.emit('suspect', { silentMs });
+    this.#session?.link.close('primary considered dead');
+    if (this.#o.autoPromote === false) {
+      this.#log.warn('auto-promotion is off: run `replicate promote --dir DIR` to restore the process here');
+      void this.#writeStatus();
+      return;
+    }
+    void this.promote(`no sign of life from the primary for ${Math.round(silentMs)} ms`, silentMs);
+  }
+
+  /**
+   * Restores the last committed epoch here (see failover/promoter.ts). Idempotent while
+   * one is running; after a promotion, new primaries are refused.
+   */
+  promote(reason = 'manual', detectionMs = 0): Promise<PromotionResult> {
+    if (this.#promoting) return this.#promoting;
+    this.#role = 'promoting';
+    this.#armed = false;
+    this.emit('promoting', { reason });
+    this.#log.warn({ reason, epoch: this.#store.committed?.epoch }, 'promoting: restoring the last committed epoch here');
+    this.#session?.link.close('standby promoting');
+    void this.#writeStatus();
+    const criu = this.#o.promotion?.criu ?? this.#criu;
+    this.#promoting = (async () => {
+      const r = criu
+        ? await promote(this.#store, this.dir, { ...this.#o.promotion, criu, logger: this.#log }, detectionMs)
+        : { ok: false, outcome: 'failed' as const, pid: null, epoch: this.#store.committed?.epoch ?? 0, lineage: '', generation: 0, attempts: 0, errors: ['no CRIU: promotion needs CRIU 4.2+'], timings: { detectionMs, fenceMs: 0, buildMs: 0, restoreMs: 0, healthMs: 0, totalMs: detectionMs } };
+      this.#promotion = { ...r, at: Date.now(), reason };
+      if (r.outcome === 'fenced-out') {
+        this.#role = 'standby'; // nothing was done: a later attempt may succeed
+        this.#promoting = undefined;
+      } else {
+        this.#role = r.outcome === 'restored' ? 'primary' : 'failed';
+      }
+      this.metrics.setRole(this.#role === 'primary' ? 'promoted' : 'standby');
+      if (r.pid !== null) this.#watchRestored(r.pid);
+      this.#log[r.ok ? 'info' : 'error']({ outcome: r.outcome, pid: r.pid, epoch: r.epoch, timings: r.timings, errors: r.errors }, r.ok ? 'promotion done' : 'PROMOTION FAILED');
+      this.emit('promoted', r);
+      await this.#writeStatus();
+      return r;
+    })();
+    return this.#promoting;
+  }
+
+  /** Reaps the restored process when it exits (we are its subreaper). */
+  #watchRestored(pid: number): void {
+    this.#restoredRunning = true;
+    this.#reapTimer = setInterval(() => {
+      const st = native().reapChild(pid);
+      if (!st) return;
+      clearInterval(this.#reapTimer);
+      this.#restoredRunning = false;
+      this.#log.warn({ pid, code: st.code, signal: st.signal }, 'the restored process exited');
+      this.emit('restored-exit', { pid, code: st.code, signal: st.signal });
+      void this.#writeStatus();
+    }, 200);
+    this.#reapTimer.unref();
+  }
+
   // --- used by Session -------------------------------------------------------------
 
   /** Admits a primary after hello, or says why not. */
   admit(session: Session, hello: HelloMsg): { ok: true } | { ok: false; code: string; reason: string } {
+    if (this.#role !== 'standby')
+      return { ok: false, code: 'STALE_GENERATION', reason: `this standby has ${this.#role === 'primary' ? 'promoted: its copy of the process is the primary now' : 'started a promotion'}; the old primary must stop` };
     if (hello.proto !== PROTOCOL_VERSION) return { ok: false, code: 'VERSION', reason: `protocol ${hello.proto} is not spoken here (we speak ${PROTOCOL_VERSION})` };
     const c = this.#store.committed;
     if (c && hello.generation < c.generation)
@@ -201,6 +349,11 @@ export class Standby extends EventEmitter {
       current.link.close('replaced by a new connection');
     }
     this.#session = session;
+    this.#detector.reset();
+    this.#lastHeard = performance.now();
+    this.#armed = true;
+    session.link.on('heartbeat', () => { this.#lastHeard = performance.now(); this.#detector.heartbeat(this.#lastHeard); });
+    session.link.on('message', () => { this.#lastHeard = performance.now(); this.#detector.alive(this.#lastHeard); });
     this.emit('peer', { state: 'connected', peer: session.peer });
     this.#log.info({ peer: session.peer }, 'primary connected');
     void this.#writeStatus();
@@ -236,8 +389,18 @@ export class Standby extends EventEmitter {
     this.metrics.committedEpoch.set(c.epoch);
     this.metrics.epochs.inc();
     this.metrics.lag.set(Math.max(0, Date.now() - m.capturedAt) / 1000);
+    await pruneBases(this.dir, c.state.base || null).catch((e: Error) => this.#log.warn({ err: e.message }, 'cannot remove old base images'));
     this.emit('commit', { epoch: c.epoch, lineage: c.lineage, pages: m.pages, bytes: wire });
     if (Date.now() - this.#statusAt > 250) void this.#writeStatus();
+  }
+
+  newBaseWriter(id: string): BaseImageWriter {
+    return new BaseImageWriter(this.dir, id, { fsync: this.#o.fsync ?? true });
+  }
+
+  /** The committed state's base is on disk (a batch may name it without resending it). */
+  hasBase(id: string): boolean {
+    return this.#store.committed?.state.base === id;
   }
 
   get helloTimeoutMs(): number { return this.#o.helloTimeoutMs ?? 10_000; }
@@ -250,6 +413,8 @@ class Session {
   readonly link: Link;
   peer: PeerInfo | null = null;
   endReason = '';
+  /** The reason of the primary's `bye`, if it said one. */
+  byeReason: string | undefined;
   finished: Promise<void> = Promise.resolve();
   #queue: Message[] = [];
   #wake: (() => void) | undefined;
@@ -271,8 +436,9 @@ class Session {
       }
       this.#wake?.();
     });
-    link.once('close', (c: { reason: string }) => {
+    link.once('close', (c: LinkCloseInfo) => {
       this.#closed = true;
+      if (c.bye) this.byeReason = c.bye.reason;
       if (!this.endReason) this.endReason = c.reason;
       this.#wake?.();
     });
@@ -318,6 +484,7 @@ class Session {
     let batch: EpochBatch | undefined;
     let begin: BeginMsg | undefined;
     let wire = 0;
+    const bases = new Map<string, BaseImageWriter>();
     try {
       for (;;) {
         const m = await this.#next();
@@ -328,6 +495,14 @@ class Session {
             try { batch = s.begin(this.peer, m); } catch (e) { this.#fail(`batch refused: ${(e as Error).message}`); }
             begin = m; wire = 0;
             break;
+          case 'image': {
+            if (!batch || !begin) this.#fail('protocol error: image outside a batch');
+            let w = bases.get(m.base);
+            if (!w) { w = s.newBaseWriter(m.base); bases.set(m.base, w); }
+            try { await w.write(m.name, m.offset, m.data, m.last); } catch (e) { this.#fail(`cannot store base image ${m.base}/${m.name}: ${(e as Error).message}`); }
+            wire += m.data.length;
+            break;
+          }
           case 'pages':
             if (!batch || !begin) this.#fail('protocol error: pages outside a batch');
             if (m.epoch !== begin.epoch) this.#fail(`protocol error: pages for epoch ${m.epoch} inside batch ${begin.epoch}`);
@@ -339,12 +514,24 @@ class Session {
             if (m.pages !== batch.pages) this.#fail(`batch ${m.epoch}: ${batch.pages} pages arrived, ${m.pages} were sent`);
             const b = batch;
             batch = undefined;
-            try { await s.commit(b, m, wire); } catch (e) { this.#fail(`commit of epoch ${m.epoch} failed: ${(e as Error).message}`); }
+            const named = m.state.base;
+            if (named && !bases.has(named) && !s.hasBase(named)) this.#fail(`batch ${m.epoch} names base image ${named}, which this standby does not have`);
+            try {
+              // The base must be complete and durable before the commit that names it.
+              const w = bases.get(named);
+              if (w) await w.finish();
+              for (const [id, other] of bases) if (id !== named) await other.abort();
+              bases.clear();
+              await s.commit(b, m, wire);
+            } catch (e) {
+              this.#fail(`commit of epoch ${m.epoch} failed: ${(e as Error).message}`);
+            }
             await this.link.send({ t: 'ack', epoch: m.epoch, committedAt: Date.now() }).catch(() => undefined);
             break;
           }
           case 'bye':
             this.endReason = `primary said bye: ${m.reason}`;
+            this.byeReason = m.reason;
             return;
           default:
             this.#fail(`protocol error: unexpected ${m.t}`);
@@ -352,6 +539,7 @@ class Session {
       }
     } finally {
       if (batch) await batch.abort().catch((e: Error) => s.log.error({ err: e.message }, 'aborting a batch failed'));
+      for (const w of bases.values()) await w.abort().catch(() => undefined);
     }
   }
 }

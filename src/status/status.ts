@@ -9,10 +9,13 @@ import { primaryStatusPath, processAlive, readStatusFile } from './status-file.j
  * What `replicate status --json` prints. Stable fields: `role` ('primary' | 'standby'),
  * `running` (the agent is alive), `link`, `committedEpoch`, `lagMs`; primary also
  * `pauseMs` {p50, p99, max}, `bytesPerEpoch`, `compressionRatio`, `capturedEpoch`,
- * `lagEpochs`, `lagBytes`; standby also `lineage`, `generation`, `peer`, `dir`.
+ * `lagEpochs`, `lagBytes`; standby also `lineage`, `generation`, `peer`, `dir`, and after a
+ * promotion `promotion` { outcome, pid (restored), epoch (restored), generation,
+ * timings { detectionMs, fenceMs, buildMs, restoreMs, healthMs, totalMs }, errors }.
  */
 export interface Status {
-  role: 'primary' | 'standby';
+  /** A standby that restored the process is 'primary' (see `promotion`); 'promoting' and 'failed' are transient or final states of a standby. */
+  role: 'primary' | 'standby' | 'promoting' | 'failed';
   running: boolean;
   link: string;
   committedEpoch: number;
@@ -56,6 +59,13 @@ export function formatStatus(s: Status): string {
     if (typeof s.compressionRatio === 'number') row('compression', `${s.compressionRatio.toFixed(2)}x`);
     if (s.standby) row('standby', s.standby);
   } else {
+    const p = s.promotion as { outcome: string; pid: number | null; epoch: number; timings: Record<string, number>; errors: string[] } | null | undefined;
+    if (p) {
+      row('promotion', `${p.outcome}${p.pid ? `: pid ${p.pid}` : ''}, epoch ${p.epoch}${s.restoredRunning === false && p.pid ? ' (exited since)' : ''}`);
+      const t = p.timings;
+      row('took', `detection ${Math.round(t.detectionMs!)} ms, image ${Math.round(t.buildMs!)} ms, restore ${Math.round(t.restoreMs!)} ms, health ${Math.round(t.healthMs!)} ms, total ${Math.round(t.totalMs!)} ms`);
+      if (p.errors.length && p.outcome !== 'restored') row('errors', p.errors.join(' | '));
+    }
     row('dir', s.dir);
     row('lineage', s.lineage ?? '-');
     row('generation', s.generation);

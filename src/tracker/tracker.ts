@@ -21,6 +21,8 @@ export interface EpochOptions {
   layout?: boolean;
   /** Report every page with content, not only the dirty ones (a full copy). Default false. */
   full?: boolean;
+  /** Report open descriptors (position, flags, size) and child processes. Default true. */
+  files?: boolean;
 }
 
 export type ThreadState = NativeThreadState;
@@ -90,6 +92,7 @@ export class Tracker {
       registers: options.registers ?? true,
       layout: options.layout ?? true,
       full: options.full ?? false,
+      files: options.files ?? true,
     }));
     return decorate(raw);
   }

@@ -15,7 +15,7 @@
 import { EventEmitter } from 'node:events';
 import type { Socket } from 'node:net';
 import { ReplicateError } from '../errors.js';
-import type { HeartbeatMsg, Message } from '../protocol/messages.js';
+import type { HeartbeatMsg, Message, ByeMsg } from '../protocol/messages.js';
 import { FrameError, TransportError } from './errors.js';
 import { checkMaxFrameBytes, encodeFrame, FrameDecoder } from './frame-codec.js';
 import { MESSAGE_LIMITS } from './message-schema.js';
@@ -37,6 +37,8 @@ export interface LinkCloseInfo {
   error?: Error;
   /** Who ended the link: this side, the peer (bye, FIN), or an error. */
   by: 'local' | 'peer' | 'error';
+  /** The peer's goodbye, when it said one (its reason may mean something to the owner). */
+  bye?: ByeMsg;
 }
 
 export interface HeartbeatInfo {
@@ -266,7 +268,7 @@ export class Link extends EventEmitter<LinkEvents> {
     if (m.t === 'hb') {
       this.onHeartbeat(m);
     } else if (m.t === 'bye') {
-      this.finish({ reason: `the peer closed the link: ${m.reason}`, by: 'peer' });
+      this.finish({ reason: `the peer closed the link: ${m.reason}`, by: 'peer', bye: m });
       this.endGracefully();
     } else if (this.held.length > 0 || this.listenerCount('message') === 0) {
       // Nobody listens yet (connect() has not returned the link to its caller): keep it,

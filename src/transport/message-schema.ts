@@ -7,8 +7,8 @@
 // depending on the encoder; `bigint` fields are always bigint and `number` fields always
 // number after this).
 import type {
-  AckMsg, BeginMsg, ByeMsg, EndMsg, EpochState, HeartbeatMsg, HelloMsg, Message, MessageType, PagesMsg, RefuseMsg,
-  ThreadStateWire, VmaWire, WelcomeMsg,
+  AckMsg, BeginMsg, ByeMsg, EndMsg, EpochState, FdWire, HeartbeatMsg, HelloMsg, ImageMsg, Message, MessageType, PagesMsg,
+  RefuseMsg, ThreadStateWire, VmaWire, WelcomeMsg,
 } from '../protocol/messages.js';
 import { FrameError } from './errors.js';
 
@@ -32,10 +32,13 @@ export const MESSAGE_LIMITS = {
   maxPathChars: 8192,
   maxReasonChars: 4096,
   maxShortChars: 256,
+  maxFds: 1 << 20,
+  /** Bytes of an image file in one `image` message. */
+  maxImageChunk: 16 << 20,
 } as const;
 
 const MAX_U64 = (1n << 64n) - 1n;
-const MESSAGE_TYPES: readonly MessageType[] = ['hello', 'welcome', 'refuse', 'begin', 'pages', 'end', 'ack', 'hb', 'bye'];
+const MESSAGE_TYPES: readonly MessageType[] = ['hello', 'welcome', 'refuse', 'begin', 'image', 'pages', 'end', 'ack', 'hb', 'bye'];
 
 /** Validates an untrusted value as a Message; throws FrameError 'unknown-type' or 'schema'. */
 export function validateMessage(value: unknown): Message {
@@ -50,6 +53,7 @@ export function validateMessage(value: unknown): Message {
     case 'welcome': return welcome(value);
     case 'refuse': return refuse(value);
     case 'begin': return begin(value);
+    case 'image': return image(value);
     case 'pages': return pages(value);
     case 'end': return end(value);
     case 'ack': return ack(value);
@@ -142,7 +146,7 @@ function end(v: unknown): EndMsg {
 }
 
 function epochState(v: unknown, path: string): EpochState {
-  const o = fields(v, path, ['pid', 'threads', 'vmas', 'brk', 'clocks']);
+  const o = fields(v, path, ['pid', 'threads', 'vmas', 'brk', 'clocks', 'fds', 'children', 'base']);
   const clocks = fields(o.clocks, `${path}.clocks`, ['monotonicNs', 'boottimeNs', 'realtimeNs']);
   return {
     pid: pid(o.pid, `${path}.pid`),
@@ -154,6 +158,32 @@ function epochState(v: unknown, path: string): EpochState {
       boottimeNs: u64(clocks.boottimeNs, `${path}.clocks.boottimeNs`),
       realtimeNs: u64(clocks.realtimeNs, `${path}.clocks.realtimeNs`),
     },
+    fds: list(o.fds, `${path}.fds`, MESSAGE_LIMITS.maxFds).map((f, i) => fdState(f, `${path}.fds[${i}]`)),
+    children: list(o.children, `${path}.children`, MESSAGE_LIMITS.maxThreads).map((c, i) => pid(c, `${path}.children[${i}]`)),
+    base: text(o.base, `${path}.base`, MESSAGE_LIMITS.maxShortChars),
+  };
+}
+
+function fdState(v: unknown, path: string): FdWire {
+  const o = fields(v, path, ['fd', 'target', 'pos', 'flags', 'size']);
+  const size = o.size;
+  if (size !== -1) count(size, `${path}.size`);
+  return {
+    fd: count(o.fd, `${path}.fd`, 1 << 30),
+    target: text(o.target, `${path}.target`, MESSAGE_LIMITS.maxPathChars),
+    pos: u64(o.pos, `${path}.pos`),
+    flags: count(o.flags, `${path}.flags`, 0xffff_ffff),
+    size: size as number,
+  };
+}
+
+function image(v: unknown): ImageMsg {
+  const o = fields(v, 'image', ['t', 'base', 'name', 'offset', 'data', 'last']);
+  const name = pattern(o.name, 'image.name', /^[A-Za-z0-9._-]{1,128}$/, 'a file name without slashes');
+  if (name === '.' || name === '..') fail('image.name', 'must be a file name');
+  return {
+    t: 'image', base: pattern(o.base, 'image.base', /^[A-Za-z0-9._-]{1,64}$/, 'an id like "b1-1795420000"'), name,
+    offset: count(o.offset, 'image.offset'), data: bytes(o.data, 'image.data', 0, MESSAGE_LIMITS.maxImageChunk), last: bool(o.last, 'image.last'),
   };
 }
 
@@ -198,8 +228,10 @@ function heartbeat(v: unknown): HeartbeatMsg {
 }
 
 function bye(v: unknown): ByeMsg {
-  const o = fields(v, 'bye', ['t', 'reason']);
-  return { t: 'bye', reason: text(o.reason, 'bye.reason', MESSAGE_LIMITS.maxReasonChars) };
+  const o = fields(v, 'bye', ['t', 'reason', 'exitCode']);
+  const msg: ByeMsg = { t: 'bye', reason: text(o.reason, 'bye.reason', MESSAGE_LIMITS.maxReasonChars) };
+  if (o.exitCode !== undefined) msg.exitCode = count(o.exitCode, 'bye.exitCode', 1 << 16);
+  return msg;
 }
 
 // --- field checkers -------------------------------------------------------------------------

@@ -1,0 +1,110 @@
+// Running CRIU: `dump --leave-running` for a base image, `restore` for a promotion. CRIU
+// writes its story to a log file; when it fails we quote the log's errors, which say far
+// more than its exit code.
+import { execFile } from 'node:child_process';
+import { readFile } from 'node:fs/promises';
+import { join } from 'node:path';
+import { ReplicateError } from '../errors.js';
+
+export interface CriuResult { ms: number; log: string; shellJob?: boolean }
+
+/** Lines of a CRIU log that explain a failure (errors, not the harmless RLIMIT_NOFILE one). */
+export function criuErrors(log: string, max = 6): string[] {
+  return log.split('\n')
+    .filter((l) => /Error|error/.test(l) && !/RLIMIT_NOFILE/.test(l))
+    .map((l) => l.replace(/^\(\d+\.\d+\)\s*/, '').trim())
+    .slice(-max);
+}
+
+function run(criu: string, args: string[], timeoutMs: number): Promise<{ code: number; stderr: string }> {
+  return new Promise((resolve) => {
+    execFile(criu, args, { timeout: timeoutMs, maxBuffer: 16 << 20 }, (err, _stdout, stderr) => {
+      const code = err ? (typeof (err as { code?: unknown }).code === 'number' ? (err as { code: number }).code : -1) : 0;
+      resolve({ code, stderr: String(stderr) });
+    });
+  });
+}
+
+/** True when `pid` leads its own session (CRIU then needs no --shell-job). */
+export async function isSessionLeader(pid: number): Promise<boolean> {
+  const stat = await readFile(`/proc/${pid}/stat`, 'utf8');
+  const fields = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
+  return Number(fields[3]) === pid; // state ppid pgrp session ...
+}
+
+export interface DumpOptions {
+  criu: string;
+  pid: number;
+  dir: string;
+  /** Keep the target running after the dump (a base image). Default true. */
+  leaveRunning?: boolean;
+  timeoutMs?: number;
+}
+
+/**
+ * `criu dump` of `pid` into `dir`. Established TCP connections are dumped too (restore
+ * brings them back closed with --tcp-close), so that a service with clients can be based.
+ */
+export async function criuDump(o: DumpOptions): Promise<CriuResult> {
+  const args = ['dump', '-t', String(o.pid), '-D', o.dir, '-o', 'dump.log', '-v2', '--tcp-established', '--ext-unix-sk', '--file-locks'];
+  if (o.leaveRunning !== false) args.push('--leave-running');
+  const shellJob = !(await isSessionLeader(o.pid).catch(() => true));
+  if (shellJob) args.push('--shell-job');
+  const t0 = performance.now();
+  const r = await run(o.criu, args, o.timeoutMs ?? 120_000);
+  const ms = performance.now() - t0;
+  const log = await readFile(join(o.dir, 'dump.log'), 'utf8').catch(() => r.stderr);
+  if (r.code !== 0) {
+    const why = criuErrors(log);
+    throw new ReplicateError('CRIU_FAILED', `criu dump of process ${o.pid} failed (exit ${r.code}): ${why.join(' | ') || r.stderr.trim() || 'see ' + join(o.dir, 'dump.log')}`, { pid: o.pid, op: 'criu_dump' });
+  }
+  return { ms, log, shellJob };
+}
+
+export interface RestoreOptions {
+  criu: string;
+  dir: string;
+  /** Established connections come back closed (the peer sees a reset). Default true. */
+  tcpClose?: boolean;
+  /** Restore with lazy pages served by `criu lazy-pages` (see lazy restore). */
+  lazyPages?: boolean;
+  /** Whether the base needed --shell-job. */
+  shellJob?: boolean;
+  timeoutMs?: number;
+  extraArgs?: string[];
+}
+
+/**
+ * `criu restore -d` (detached: CRIU returns once the process runs; it is re-parented to
+ * the nearest subreaper) of the image in `dir`. Resolves with the restored PID.
+ */
+export async function criuRestore(o: RestoreOptions): Promise<CriuResult & { pid: number }> {
+  const pidfile = join(o.dir, 'restored.pid');
+  const args = ['restore', '-D', o.dir, '-d', '-o', 'restore.log', '-v2', '--pidfile', pidfile, '--ext-unix-sk', '--file-locks'];
+  if (o.tcpClose !== false) args.push('--tcp-close'); else args.push('--tcp-established');
+  if (o.shellJob) args.push('--shell-job');
+  if (o.lazyPages) args.push('--lazy-pages');
+  args.push(...(o.extraArgs ?? []));
+  const t0 = performance.now();
+  const r = await run(o.criu, args, o.timeoutMs ?? 60_000);
+  const ms = performance.now() - t0;
+  const log = await readFile(join(o.dir, 'restore.log'), 'utf8').catch(() => r.stderr);
+  if (r.code !== 0) {
+    const why = criuErrors(log);
+    const pidTaken = /File exists|EEXIST|pid.*(taken|busy)|Can't fork for \d+/i.test(log);
+    throw new RestoreError(`criu restore failed (exit ${r.code}): ${why.join(' | ') || r.stderr.trim() || 'see ' + join(o.dir, 'restore.log')}`, pidTaken);
+  }
+  const pid = Number((await readFile(pidfile, 'utf8')).trim());
+  if (!Number.isInteger(pid) || pid <= 0) throw new RestoreError(`criu restore wrote no PID to ${pidfile}`, false);
+  return { ms, log, pid };
+}
+
+export class RestoreError extends Error {
+  /** The original PIDs were still taken: worth retrying once they are free. */
+  readonly pidTaken: boolean;
+  constructor(message: string, pidTaken: boolean) {
+    super(message);
+    this.name = 'RestoreError';
+    this.pidTaken = pidTaken;
+  }
+}

@@ -1,0 +1,171 @@
+// Promotion: bring the protected process back on this host, in the state of the last
+// committed epoch.
+//
+//   fence (--fence-cmd must succeed) -> generation + 1 (durable: a stale primary is refused)
+//   -> build the image (base + committed registers, layout, pages, files, clocks; on tmpfs)
+//   -> criu restore -d (this process is the subreaper of what it restores)
+//   -> health check; a failed restore or check is retried (3 attempts in all), then
+//      --fallback-cmd cold-starts the service and the failure is reported loudly.
+import { existsSync } from 'node:fs';
+import { mkdir, readFile, rm } from 'node:fs/promises';
+import { join } from 'node:path';
+import { setTimeout as sleep } from 'node:timers/promises';
+import { criuRestore, RestoreError } from '../criu/criu-runner.js';
+import { buildEpochImage } from '../criu/image/index.js';
+import { silentLogger, type Logger } from '../log/logger.js';
+import { native } from '../native/binding.js';
+import { BASE_META, type BaseMeta } from '../primary/base-image.js';
+import type { EpochState } from '../protocol/messages.js';
+import { baseDir } from '../standby/base-images.js';
+import type { EpochStore } from '../standby/epoch-store.js';
+import { describeHealthCheck, waitHealthy, type HealthCheck } from './health-check.js';
+import { runHook } from './hooks.js';
+
+export interface PromotionOptions {
+  criu: string;
+  /** Where images are built: a tmpfs is fastest. Default /dev/shm when it exists. */
+  restoreRoot?: string;
+  health?: HealthCheck;
+  healthTimeoutMs?: number;
+  fenceCmd?: string;
+  fallbackCmd?: string;
+  onPromote?: string;
+  onRoleChange?: string;
+  /** Restore attempts before the fallback. Default 3. */
+  attempts?: number;
+  /** Established TCP connections come back closed. Default true. */
+  tcpClose?: boolean;
+  /** Refuse to restore when a regular file's size differs from the epoch's (CRIU's check). Default false. */
+  strictFileSizes?: boolean;
+  logger?: Logger;
+}
+
+export interface PromotionTimings {
+  /** From the last sign of life of the primary to the decision (0 for a manual promotion). */
+  detectionMs: number;
+  fenceMs: number;
+  buildMs: number;
+  restoreMs: number;
+  healthMs: number;
+  totalMs: number;
+}
+
+export interface PromotionResult {
+  ok: boolean;
+  /** 'restored': the epoch runs; 'fallback': --fallback-cmd ran instead; 'fenced-out': the fence failed, nothing was done; 'failed'. */
+  outcome: 'restored' | 'fallback' | 'fenced-out' | 'failed';
+  pid: number | null;
+  epoch: number;
+  lineage: string;
+  generation: number;
+  attempts: number;
+  timings: PromotionTimings;
+  errors: string[];
+  imageDir?: string;
+}
+
+function defaultRestoreRoot(dir: string): string {
+  return existsSync('/dev/shm') ? '/dev/shm/remus-replicate' : join(dir, 'restore');
+}
+
+function pidAlive(pid: number): boolean {
+  try { process.kill(pid, 0); return true; } catch (e) { return (e as NodeJS.ErrnoException).code === 'EPERM'; }
+}
+
+/** Threads of the committed state whose PIDs are still taken on this host (restore needs them free). */
+function takenPids(state: EpochState): number[] {
+  return state.threads.map((t) => t.tid).filter((tid) => existsSync(`/proc/${tid}`));
+}
+
+export async function promote(store: EpochStore, dir: string, o: PromotionOptions, detectionMs = 0): Promise<PromotionResult> {
+  const log = (o.logger ?? silentLogger).child({ phase: 'promotion' });
+  const t0 = performance.now();
+  const c = store.committed;
+  const errors: string[] = [];
+  const timings: PromotionTimings = { detectionMs, fenceMs: 0, buildMs: 0, restoreMs: 0, healthMs: 0, totalMs: 0 };
+  const result = (r: Omit<PromotionResult, 'timings' | 'errors'>): PromotionResult => {
+    timings.totalMs = detectionMs + (performance.now() - t0);
+    return { ...r, timings, errors };
+  };
+  if (!c) {
+    errors.push('nothing to promote: no epoch has been committed yet');
+    return result({ ok: false, outcome: 'failed', pid: null, epoch: 0, lineage: '', generation: 0, attempts: 0 });
+  }
+  const hookEnv = { epoch: c.epoch, lineage: c.lineage, dir };
+
+  // Fence: the old primary must be out of the way before its process comes back here.
+  if (o.fenceCmd) {
+    const f = await runHook(o.fenceCmd, { ...hookEnv, role: 'promoting', generation: c.generation }, 60_000);
+    timings.fenceMs = f.ms;
+    if (f.code !== 0) {
+      errors.push(`--fence-cmd failed (exit ${f.code}${f.timedOut ? ', timed out' : ''}): ${f.output.slice(0, 500)}`);
+      log.error({ code: f.code, output: f.output }, 'fencing failed: NOT promoting (the old primary may still be running)');
+      return result({ ok: false, outcome: 'fenced-out', pid: null, epoch: c.epoch, lineage: c.lineage, generation: c.generation, attempts: 0 });
+    }
+  }
+  const generation = c.generation + 1;
+  await store.setGeneration(generation);
+  if (o.onRoleChange) void runHook(o.onRoleChange, { ...hookEnv, role: 'promoting', generation });
+
+  const base = c.state.base ? baseDir(dir, c.state.base) : '';
+  let meta: BaseMeta | undefined;
+  if (base) meta = JSON.parse(await readFile(join(base, BASE_META), 'utf8').catch(() => '{}')) as BaseMeta;
+  const root = o.restoreRoot ?? defaultRestoreRoot(dir);
+  await mkdir(root, { recursive: true, mode: 0o700 });
+  try { native().setChildSubreaper(); } catch (e) { log.warn({ err: (e as Error).message }, 'cannot become a subreaper: the restored process will be re-parented to init'); }
+
+  const attempts = o.attempts ?? 3;
+  for (let attempt = 1; attempt <= attempts; attempt++) {
+    const imageDir = join(root, `img-${c.lineage.slice(0, 8)}-${c.epoch}-${process.pid}-${attempt}`);
+    let pid: number | null = null;
+    try {
+      if (!base) throw new Error('the committed epoch has no base image (the primary ran without base images): it cannot be restored');
+      // The original PIDs must be free: wait a little for a dying primary on this host.
+      for (let i = 0; i < 50 && takenPids(c.state).length > 0; i++) await sleep(20);
+      const taken = takenPids(c.state);
+      if (taken.length) throw new RestoreError(`PIDs ${taken.join(', ')} of the process are still in use on this host`, true);
+      const tb = performance.now();
+      await rm(imageDir, { recursive: true, force: true });
+      // Descriptors come from the state (offsets set, closed ones dropped). File sizes are
+      // not enforced: the files on this host are what they are after the primary's death,
+      // and refusing to restore over a log that grew would help nobody (strictFileSizes).
+      const built = await buildEpochImage({ baseDir: base, outDir: imageDir, state: c.state, pages: store.pages(), dropFileSizes: !o.strictFileSizes });
+      timings.buildMs = performance.now() - tb;
+      for (const n of built.notes) log.info({ note: n }, 'image');
+      const r = await criuRestore({ criu: o.criu, dir: imageDir, tcpClose: o.tcpClose, shellJob: meta?.shellJob });
+      timings.restoreMs = r.ms;
+      pid = r.pid;
+      log.info({ pid, epoch: c.epoch, buildMs: Math.round(timings.buildMs), restoreMs: Math.round(r.ms) }, 'restored');
+      if (o.health) {
+        timings.healthMs = await waitHealthy(o.health, o.healthTimeoutMs ?? 10_000);
+        log.info({ check: describeHealthCheck(o.health), ms: Math.round(timings.healthMs) }, 'health check passed');
+      }
+      await rm(imageDir, { recursive: true, force: true }).catch(() => undefined);
+      const done = result({ ok: true, outcome: 'restored', pid, epoch: c.epoch, lineage: c.lineage, generation, attempts: attempt });
+      if (o.onPromote) void runHook(o.onPromote, { ...hookEnv, role: 'primary', pid, generation });
+      if (o.onRoleChange) void runHook(o.onRoleChange, { ...hookEnv, role: 'primary', pid, generation });
+      return done;
+    } catch (e) {
+      const msg = (e as Error).message;
+      errors.push(`attempt ${attempt}: ${msg}`);
+      log.error({ attempt, err: msg }, 'promotion attempt failed');
+      if (pid !== null && pidAlive(pid)) {
+        try { process.kill(pid, 'SIGKILL'); } catch { /* gone */ }
+        for (let i = 0; i < 100 && pidAlive(pid); i++) { native().reapChild(pid); await sleep(10); }
+      }
+      if (e instanceof RestoreError && e.pidTaken) await sleep(200 * attempt);
+      else await sleep(50 * attempt);
+    }
+  }
+  // Cold start instead, and say so loudly.
+  if (o.fallbackCmd) {
+    log.error({ errors }, `restore failed ${attempts} times: running --fallback-cmd (the service starts WITHOUT the replicated state)`);
+    const f = await runHook(o.fallbackCmd, { ...hookEnv, role: 'failed', generation }, 120_000);
+    if (f.code !== 0) errors.push(`--fallback-cmd failed (exit ${f.code}): ${f.output.slice(0, 500)}`);
+    if (o.onRoleChange) void runHook(o.onRoleChange, { ...hookEnv, role: 'failed', generation });
+    return result({ ok: f.code === 0, outcome: 'fallback', pid: null, epoch: c.epoch, lineage: c.lineage, generation, attempts });
+  }
+  log.error({ errors }, `restore failed ${attempts} times and there is no --fallback-cmd: the service is DOWN`);
+  if (o.onRoleChange) void runHook(o.onRoleChange, { ...hookEnv, role: 'failed', generation });
+  return result({ ok: false, outcome: 'failed', pid: null, epoch: c.epoch, lineage: c.lineage, generation, attempts });
+}
