@@ -3,6 +3,7 @@ import { check, formatCheck } from '../check/check.js';
 import { formatDirtyRate, measureDirtyRate } from '../dirty-rate/dirty-rate.js';
 import { ReplicateError } from '../errors.js';
 import { addReplicationCommands } from './replication-commands.js';
+import { addDemoCommand } from '../demo/command.js';
 import { parseDurationIn } from '../util/duration.js';
 
 /**
@@ -79,6 +80,7 @@ export function buildProgram(): Command {
       }
     });
   addReplicationCommands(program);
+  addDemoCommand(program);
   return program;
 }
 

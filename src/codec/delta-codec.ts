@@ -4,7 +4,7 @@
 // block when that pays. Format: docs/wire-format.md (native/codec/delta_batch.h owns it).
 //
 // Primary: DeltaPageEncoder owns a ShadowCache, the native, byte-bounded cache of the
-// versions last sent (default 64 MiB, CLOCK eviction); a page it does not hold goes FULL.
+// versions last sent (default 64 MiB, LRU eviction); a page it does not hold goes FULL.
 // Encoding runs off the event loop and updates the cache, so the encoder assumes every
 // message it produced reaches the standby: when the standby starts over (a new session, a
 // full synchronisation) call reset(), and after each batch call retain() with the batch's
@@ -41,8 +41,10 @@ export class PageCodecError extends Error {
 export interface DeltaEncoderOptions {
   /** Bound of the shadow cache, bytes (pages and metadata). Default 64 MiB. */
   maxBytes?: number;
-  /** Default 'clock' (see native/codec/shadow_cache.h for why). */
+  /** Default 'lru' (see native/codec/shadow_cache.h for why). */
   eviction?: 'clock' | 'lru';
+  /** Measurement only (bench/codec): variants of the encoding, all decodable. */
+  tuning?: { xorRuns?: boolean; compress?: boolean; mergeGap?: number };
 }
 
 export interface DeltaEncoderTotals {
@@ -85,7 +87,7 @@ export class DeltaPageEncoder implements PageEncoder {
     if (!Number.isSafeInteger(maxBytes) || maxBytes < 1) throw new RangeError(`maxBytes must be a positive whole number of bytes, got ${String(options.maxBytes)}`);
     if (options.eviction !== undefined && options.eviction !== 'clock' && options.eviction !== 'lru')
       throw new RangeError(`eviction must be 'clock' or 'lru', got '${String(options.eviction)}'`);
-    this.#cache = new (native().ShadowCache)({ maxBytes, eviction: options.eviction ?? 'clock' });
+    this.#cache = new (native().ShadowCache)({ ...options.tuning, maxBytes, eviction: options.eviction ?? 'lru' });
   }
 
   async encode(addrs: BigUint64Array, pages: Buffer): Promise<EncodedPages> {
@@ -179,5 +181,15 @@ export class DeltaPageDecoder implements PageDecoder {
       throw new PageCodecError(`pages: ${m}`, m.includes('version check failed') ? 'version-mismatch' : 'invalid', { cause: e });
     }
     return { addrs: bufferToAddrs(out.addrs), pages: out.pages, zeros: bufferToAddrs(out.zeros) };
+  }
+
+  /**
+   * Optional: hands the decoded pages' memory back for reuse as soon as the caller has
+   * copied them (the store's addPages has resolved); `d.pages` is empty afterwards.
+   * Without it they are reused after garbage collection; reuse avoids a page fault and a
+   * zeroing per decoded page.
+   */
+  release(d: DecodedPages): void {
+    native().releaseDecoded(d.pages);
   }
 }

@@ -107,12 +107,14 @@ export interface ShadowCacheStats {
 export interface ShadowCacheOptions {
   /** Default 64 MiB. */
   maxBytes?: number;
-  /** Default 'clock'. */
+  /** Default 'lru'. */
   eviction?: 'clock' | 'lru';
   /** Measurement only: carry old^new in delta runs (format flag bit 1). */
   xorRuns?: boolean;
   /** Try LZ4 on the batch (default true). */
   compress?: boolean;
+  /** Measurement only: equal gaps of at most this many bytes stay inside a run (default 2). */
+  mergeGap?: number;
 }
 
 /** The primary's cache of last-sent page versions and the batch encoder. Calls must not overlap. */
@@ -171,6 +173,8 @@ export interface NativeAddon {
   /** `bases`: the standby's version of each needBase page (zeros where none), in order. Off the JS thread. */
   applyBatch(batch: ParsedBatchHandle | Buffer, bases: Buffer): Promise<AppliedDeltaBatch>;
   applyBatchSync(batch: ParsedBatchHandle | Buffer, bases: Buffer): AppliedDeltaBatch;
+  /** Gives decoded `pages` back for reuse now (the Buffer is emptied); anything else: no-op. */
+  releaseDecoded(pages: Buffer): void;
   crc32c(data: Buffer, portable?: boolean): number;
   codecInfo(): { crc32c: 'sse4.2' | 'portable'; diff: 'avx2' | 'sse2'; formatVersion: number; maxBatchPages: number };
   codecBench: NativeCodecBench;

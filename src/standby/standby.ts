@@ -76,6 +76,8 @@ export interface StandbyStats {
   committedAt: number;
   /** How old the committed state is: now − capture time of the committed epoch. */
   lagMs: number;
+  /** Wall-clock time (primary's clock) the committed epoch was captured; 0 if unknown (after a restart). */
+  committedCapturedAt: number;
   /** Epochs committed by this process, pages and encoded bytes per commit (recent mean). */
   commits: number;
   pagesPerEpoch: number;
@@ -185,6 +187,7 @@ export class Standby extends EventEmitter {
       link: this.#session ? 'connected' : 'listening', peer: this.#session?.peer ?? null,
       lineage: c?.lineage ?? null, generation: c?.generation ?? 0, committedEpoch: c?.epoch ?? 0, committedAt: c?.committedAt ?? 0,
       lagMs: this.#capturedAt ? Date.now() - this.#capturedAt : 0,
+      committedCapturedAt: this.#capturedAt,
       commits: this.#commits,
       pagesPerEpoch: this.#recent.reduce((s, r) => s + r.pages, 0) / n,
       bytesPerEpoch: this.#recent.reduce((s, r) => s + r.bytes, 0) / n,
@@ -291,10 +294,15 @@ export class Standby extends EventEmitter {
     this.#armed = false;
     this.emit('promoting', { reason });
     this.#log.warn({ reason, epoch: this.#store.committed?.epoch }, 'promoting: restoring the last committed epoch here');
-    this.#session?.link.close('standby promoting');
+    const session = this.#session;
+    session?.link.close('standby promoting');
     void this.#writeStatus();
     const criu = this.#o.promotion?.criu ?? this.#criu;
     this.#promoting = (async () => {
+      // The session may still be applying what arrived before the link closed: let it
+      // finish (it commits a complete batch or aborts a partial one) so that the image is
+      // built from one committed epoch, not from a store that changes underneath.
+      await session?.finished;
       const r = criu
         ? await promote(this.#store, this.dir, { ...this.#o.promotion, criu, logger: this.#log }, detectionMs)
         : { ok: false, outcome: 'failed' as const, pid: null, epoch: this.#store.committed?.epoch ?? 0, lineage: '', generation: 0, attempts: 0, errors: ['no CRIU: promotion needs CRIU 4.2+'], timings: { detectionMs, fenceMs: 0, buildMs: 0, restoreMs: 0, healthMs: 0, totalMs: detectionMs } };
