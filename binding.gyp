@@ -6,6 +6,7 @@
         "native/addon.cc",
         "native/codec/crc32c.cc",
         "native/codec/delta_batch.cc",
+        "native/codec/large_buffer.cc",
         "native/codec/lz4_pages.cc",
         "native/codec/page_delta.cc",
         "native/codec/shadow_cache.cc",

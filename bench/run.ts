@@ -1,10 +1,12 @@
 // The benchmark harness: `npm run bench [-- --only NAME] [--quick]`.
+import { runCodecBench } from './codec/codec.js';
 import { runRedisBench } from './replication/redis.js';
 import { runPauseBench } from './tracker/pause.js';
 
 const SCENARIOS: Record<string, (o: { quick: boolean; log: (s: string) => void }) => Promise<void>> = {
   'tracker-pause': runPauseBench,
   'replication-redis': async (o) => { await runRedisBench(o); },
+  codec: runCodecBench,
 };
 
 const args = process.argv.slice(2);

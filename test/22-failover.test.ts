@@ -49,8 +49,8 @@ async function startStandby(dir: string, security: StandbyOptions['security'], e
   sb.on('commit', (c: { epoch: number }) => commits.push({ epoch: c.epoch, at: Date.now() }));
   later(async () => {
     const p = sb.stats().promotion;
-    await sb.stop();
     if (p?.pid) await killRestored(p.pid);
+    await sb.stop();
   });
   return { sb, commits };
 }

@@ -81,7 +81,7 @@ std::string EncodeBatch(ShadowCache& cache, const uint64_t* addrs, const uint8_t
       uint8_t* base = cache.Data(s);
       size_t hl = PutVarint(body + o, zz | kDelta);
       uint8_t* runs = body + o + hl + 4 + 2;
-      long n = EncodeRunsMode(base, page, runs, kRunsLimit, xr);
+      long n = EncodeRunsMode(base, page, runs, kRunsLimit, xr, options.merge_gap);
       if (n >= 0) {
         if (!m.crc_valid) {
           m.crc = Crc32cPage(base);
@@ -148,7 +148,7 @@ std::string EncodeBatch(ShadowCache& cache, const uint64_t* addrs, const uint8_t
   Put32(header + 8, static_cast<uint32_t>(o));
   Put32(header + 12, Crc32c(Crc32c(0, header, 12), body, o));
   out->size = kDeltaHeaderBytes + payload_len;
-  out->data.reset(new uint8_t[out->size]);
+  out->data = LargeBuffer(out->size);
   memcpy(out->data.get(), header, kDeltaHeaderBytes);
   if (payload_len) memcpy(out->data.get() + kDeltaHeaderBytes, payload, payload_len);
   st->body_bytes = o;
@@ -177,7 +177,7 @@ std::string ParseBatch(const uint8_t* data, size_t len, ParsedBatch* out, size_t
   const size_t plen = len - kDeltaHeaderBytes;
   out->flags = flags;
   out->body_len = body_len;
-  out->body.reset(body_len ? new uint8_t[body_len] : nullptr);
+  out->body = LargeBuffer(body_len);
   uint8_t* body = out->body.get();
   if (flags & kFlagLz4) {
     // An LZ4 block expands at most 255 times (plus a little), and an empty one is invalid.
@@ -212,7 +212,7 @@ std::string ParseBatch(const uint8_t* data, size_t len, ParsedBatch* out, size_t
     const uint64_t pn = prev + UnZigZag(head >> 2);
     if (pn >= kMaxPageNumber) return "entry " + std::to_string(i) + ": page number out of range";
     prev = pn;
-    ParsedBatch::Entry e{pn << 12, 0, 0, 0, kind};
+    ParsedBatch::Entry e{pn << 12, 0, 0, 0, static_cast<uint32_t>(out->full + out->delta), kind};
     switch (kind) {
       case kZero:
         ++out->zero;
@@ -272,10 +272,9 @@ std::string ApplyBatch(const ParsedBatch& batch, const uint8_t* bases, size_t ba
     if (e.kind == kFull) {
       memcpy(dst, body + e.offset, kPage);
     } else {
-      // Copy first, then check the copy: what is checked is what is applied.
-      memcpy(dst, bases + j * kPage, kPage);
+      // Copy and checksum in one pass: what is checked is what is applied.
+      uint32_t have = Crc32cPageCopy(dst, bases + j * kPage);
       ++j;
-      uint32_t have = Crc32cPage(dst);
       if (have != e.base_crc)
         return "page " + Hex(e.addr) + ": version check failed: the delta was made against a page with CRC-32C " +
                Hex32(e.base_crc) + " but the standby's page has " + Hex32(have) +
@@ -285,6 +284,40 @@ std::string ApplyBatch(const ParsedBatch& batch, const uint8_t* bases, size_t ba
     }
     out->addrs.push_back(e.addr);
     ++k;
+  }
+  return "";
+}
+
+std::string ApplyBatchInPlace(const ParsedBatch& batch, uint8_t* pages, size_t pages_len, DecodedBatch* out) {
+  const size_t data_pages = batch.full + batch.delta;
+  if (pages_len != data_pages * kPage)
+    return "pages: " + std::to_string(pages_len) + " bytes for " + std::to_string(data_pages) + " pages with data (expected " +
+           std::to_string(data_pages * kPage) + ")";
+  out->addrs.clear();
+  out->zeros.clear();
+  out->addrs.reserve(data_pages);
+  out->zeros.reserve(batch.zero);
+  const uint8_t* body = batch.body.get();
+  const bool xr = batch.flags & kFlagXorRuns;
+  for (size_t i = 0; i < batch.entries.size(); ++i) {
+    const ParsedBatch::Entry& e = batch.entries[i];
+    if (e.kind == kZero) {
+      out->zeros.push_back(e.addr);
+      continue;
+    }
+    uint8_t* dst = pages + static_cast<size_t>(e.slot) * kPage;  // slot < data_pages: set by ParseBatch
+    if (e.kind == kFull) {
+      memcpy(dst, body + e.offset, kPage);
+    } else {
+      uint32_t have = Crc32cPage(dst);
+      if (have != e.base_crc)
+        return "page " + Hex(e.addr) + ": version check failed: the delta was made against a page with CRC-32C " +
+               Hex32(e.base_crc) + " but the standby's page has " + Hex32(have) +
+               " (primary and standby disagree on its previous version; batch refused, nothing applied)";
+      std::string err = ApplyRunsMode(dst, body + e.offset, e.len, xr);
+      if (!err.empty()) return EntryName(i, e.addr) + ": " + err;
+    }
+    out->addrs.push_back(e.addr);
   }
   return "";
 }

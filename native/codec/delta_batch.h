@@ -45,6 +45,7 @@
 #include <string>
 #include <vector>
 
+#include "codec/large_buffer.h"
 #include "codec/shadow_cache.h"
 
 namespace remus {
@@ -62,6 +63,7 @@ enum EntryKind : uint8_t { kZero = 0, kFull = 1, kDelta = 2 };
 struct EncodeOptions {
   bool xor_runs = false;   // flag bit 1 (measurement only)
   bool compress = true;    // try LZ4 on the body
+  size_t merge_gap = 2;    // see page_delta.h (measurement)
 };
 
 struct EncodeStats {
@@ -72,7 +74,7 @@ struct EncodeStats {
 };
 
 struct OwnedBytes {
-  std::unique_ptr<uint8_t[]> data;
+  LargeBuffer data;
   size_t size = 0;
 };
 
@@ -91,10 +93,11 @@ struct ParsedBatch {
     uint32_t offset;   // of the page (FULL) or of the runs (DELTA) in body
     uint32_t len;      // runs length (DELTA)
     uint32_t base_crc; // DELTA
+    uint32_t slot;     // FULL, DELTA: index among the pages with data (entry order)
     uint8_t kind;
   };
   uint8_t flags = 0;
-  std::unique_ptr<uint8_t[]> body;
+  LargeBuffer body;
   size_t body_len = 0;
   std::vector<Entry> entries;
   size_t full = 0, delta = 0, zero = 0;
@@ -117,5 +120,12 @@ struct DecodedBatch {
 // one the delta was made against: which page, both checksums). Writes only `pages` and
 // `out`.
 std::string ApplyBatch(const ParsedBatch& batch, const uint8_t* bases, size_t bases_len, uint8_t* pages, DecodedBatch* out);
+
+// The same in place: `pages` holds (batch.full + batch.delta) x 4096 bytes where the slot
+// of each DELTA entry (Entry::slot) already holds its base; the FULL pages are copied into
+// their slots and each DELTA base is checked and patched where it is (no second copy of
+// the page). `pages_len` must match. Writes only `pages` and `out`; on error `pages` is
+// partly written.
+std::string ApplyBatchInPlace(const ParsedBatch& batch, uint8_t* pages, size_t pages_len, DecodedBatch* out);
 
 }  // namespace remus

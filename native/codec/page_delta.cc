@@ -121,7 +121,8 @@ inline size_t NextClear(const uint64_t* map, size_t from) {
 
 }  // namespace
 
-long EncodeRunsMode(const uint8_t* before, const uint8_t* now, uint8_t* out, size_t limit, bool xor_bytes) {
+long EncodeRunsMode(const uint8_t* before, const uint8_t* now, uint8_t* out, size_t limit, bool xor_bytes,
+                    size_t merge_gap) {
   alignas(64) uint64_t map[64];
   uint64_t summary = D().diff(before, now, map);
   if (!summary) return 0;
@@ -132,7 +133,7 @@ long EncodeRunsMode(const uint8_t* before, const uint8_t* now, uint8_t* out, siz
     size_t next = kCodecPageSize;
     while (e < kCodecPageSize) {
       next = NextSet(map, summary, e);
-      if (next >= kCodecPageSize || next - e > kMergeGap) break;
+      if (next >= kCodecPageSize || next - e > merge_gap) break;
       e = NextClear(map, next);
       next = kCodecPageSize;
     }

@@ -22,7 +22,7 @@
 namespace remus {
 
 constexpr size_t kCodecPageSize = 4096;
-constexpr size_t kMergeGap = 2;
+constexpr size_t kMergeGap = 2;  // EncodeOptions::merge_gap default
 
 // Encodes `now` against `before` into `out` (room for `limit` bytes). Returns the length
 // (0: the pages are equal), or -1 when the encoding would be `limit` bytes or more (the
@@ -43,7 +43,8 @@ void PatchFromRuns(uint8_t* page, const uint8_t* runs, size_t len);
 
 // The same with the run bytes carried as XOR (old ^ new) instead of the new bytes: the
 // variant the format's flag bit 1 selects (kept for measurement, see docs/benchmarks.md).
-long EncodeRunsMode(const uint8_t* before, const uint8_t* now, uint8_t* out, size_t limit, bool xor_bytes);
+long EncodeRunsMode(const uint8_t* before, const uint8_t* now, uint8_t* out, size_t limit, bool xor_bytes,
+                    size_t merge_gap = kMergeGap);
 std::string ApplyRunsMode(uint8_t* page, const uint8_t* runs, size_t len, bool xor_bytes);
 void PatchFromRunsMode(uint8_t* page, const uint8_t* runs, size_t len, bool xor_bytes);
 

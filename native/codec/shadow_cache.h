@@ -4,13 +4,15 @@
 // (the page slab is reserved with mmap and filled as pages arrive, so a cache that holds
 // little costs little).
 //
-// Eviction (when full and a page that is not cached is sent whole): CLOCK, the default,
-// or LRU. CLOCK keeps one reference bit per page, set on every use; the hand sweeps the
-// slots, clearing set bits and evicting the first page whose bit is clear: a page used
-// since the hand last passed survives. Measured on a Zipf-skewed stream of dirty pages
-// (bench/codec, "cache" table in docs/benchmarks.md) CLOCK's hit ratio is within a
-// fraction of a percent of LRU's, and a hit costs one byte store instead of relinking a
-// list; see there for the figures.
+// Eviction (when full and a page that is not cached is sent whole): LRU, the default, or
+// CLOCK. LRU evicts the page least recently sent (a doubly linked list through the slots,
+// relinked on every hit); CLOCK keeps one reference bit per page, set on every use, and a
+// hand that sweeps the slots clearing set bits and evicts the first page whose bit is clear.
+// Measured on Zipf-skewed streams of dirty pages (bench/codec, "shadow cache eviction" in
+// docs/benchmarks.md: s = 0.8 to 1.2, working sets 2x to 16x the cache), LRU's hit ratio
+// is higher than CLOCK's in every case, by about one point, and the relinking CLOCK saves
+// does not show next to the 4 KiB a hit compares: hence LRU. Every miss costs a FULL page
+// (about 4 KiB on the wire before LZ4) instead of a delta of tens of bytes.
 //
 // Not thread-safe: one caller at a time (ShadowCacheWrap serialises JS calls).
 #pragma once

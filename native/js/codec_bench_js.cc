@@ -4,6 +4,7 @@
 #include <lz4.h>
 #include <memory>
 #include <string>
+#include <time.h>
 #include <vector>
 
 namespace remus {
@@ -143,8 +144,9 @@ Napi::Value XbzrleEncodeJs(const Napi::CallbackInfo& info) {
   return o;
 }
 
-// xbzrleDecode(encoded, lengths, olds: Buffer, news: Buffer (the pages sent whole)): Buffer
-// of all pages: each encoded page applied onto a copy of its old version.
+// xbzrleDecode(encoded, lengths, olds: Buffer, news: Buffer (the pages sent whole), out?):
+// Buffer of all pages: each encoded page applied onto a copy of its old version (into
+// `out` when given: a benchmark reuses it, as a standby reuses its memory).
 Napi::Value XbzrleDecodeJs(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
   if (info.Length() < 4 || !info[0].IsBuffer() || !info[1].IsTypedArray() || !info[2].IsBuffer() || !info[3].IsBuffer())
@@ -155,7 +157,8 @@ Napi::Value XbzrleDecodeJs(const Napi::CallbackInfo& info) {
   auto news = info[3].As<Napi::Buffer<uint8_t>>();
   size_t n = lengths.ElementLength();
   if (olds.Length() != n * kPage || news.Length() != n * kPage) throw Napi::RangeError::New(env, "xbzrleDecode: sizes differ");
-  auto out = Napi::Buffer<uint8_t>::New(env, n * kPage);
+  Napi::Buffer<uint8_t> out = info.Length() > 4 && info[4].IsBuffer() ? info[4].As<Napi::Buffer<uint8_t>>() : Napi::Buffer<uint8_t>::New(env, n * kPage);
+  if (out.Length() < n * kPage) throw Napi::RangeError::New(env, "xbzrleDecode: out too small");
   size_t off = 0;
   for (size_t i = 0; i < n; ++i) {
     uint8_t* dst = out.Data() + i * kPage;
@@ -188,18 +191,27 @@ Napi::Value Lz4CompressJs(const Napi::CallbackInfo& info) {
   return Napi::Buffer<uint8_t>::Copy(env, reinterpret_cast<uint8_t*>(dst.get()), static_cast<size_t>(n));
 }
 
-// lz4Decompress(src: Buffer, rawBytes: number): Buffer — LZ4_decompress_safe.
+// lz4Decompress(src: Buffer, rawBytes: number, out?: Buffer): Buffer — LZ4_decompress_safe.
 Napi::Value Lz4DecompressJs(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
   if (info.Length() < 2 || !info[0].IsBuffer() || !info[1].IsNumber()) throw Napi::TypeError::New(env, "lz4Decompress(src: Buffer, rawBytes: number)");
   auto src = info[0].As<Napi::Buffer<uint8_t>>();
   size_t raw = static_cast<size_t>(info[1].As<Napi::Number>().Int64Value());
   if (raw > (1u << 30)) throw Napi::RangeError::New(env, "lz4Decompress: rawBytes out of range");
-  auto out = Napi::Buffer<uint8_t>::New(env, raw);
+  Napi::Buffer<uint8_t> out = info.Length() > 2 && info[2].IsBuffer() ? info[2].As<Napi::Buffer<uint8_t>>() : Napi::Buffer<uint8_t>::New(env, raw);
+  if (out.Length() < raw) throw Napi::RangeError::New(env, "lz4Decompress: out too small");
   int n = LZ4_decompress_safe(reinterpret_cast<const char*>(src.Data()), reinterpret_cast<char*>(out.Data()),
                               static_cast<int>(src.Length()), static_cast<int>(raw));
   if (n < 0 || static_cast<size_t>(n) != raw) throw Napi::Error::New(env, "lz4Decompress: malformed block");
   return out;
+}
+
+// threadCpuNs(): CPU time of the calling thread (CLOCK_THREAD_CPUTIME_ID), in ns: what
+// one core spent, whatever else runs on the machine.
+Napi::Value ThreadCpuNsJs(const Napi::CallbackInfo& info) {
+  struct timespec ts;
+  clock_gettime(CLOCK_THREAD_CPUTIME_ID, &ts);
+  return Napi::Number::New(info.Env(), static_cast<double>(ts.tv_sec) * 1e9 + static_cast<double>(ts.tv_nsec));
 }
 
 }  // namespace
@@ -210,6 +222,7 @@ void InitCodecBench(Napi::Env env, Napi::Object exports) {
   b.Set("xbzrleDecode", Napi::Function::New<XbzrleDecodeJs>(env, "xbzrleDecode"));
   b.Set("lz4Compress", Napi::Function::New<Lz4CompressJs>(env, "lz4Compress"));
   b.Set("lz4Decompress", Napi::Function::New<Lz4DecompressJs>(env, "lz4Decompress"));
+  b.Set("threadCpuNs", Napi::Function::New<ThreadCpuNsJs>(env, "threadCpuNs"));
   exports.Set("codecBench", b);
 }
 

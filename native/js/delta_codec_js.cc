@@ -32,8 +32,12 @@ struct CacheState {
 
 Napi::Buffer<uint8_t> OwnedToBuffer(Napi::Env env, OwnedBytes&& b) {
   if (b.size == 0) return Napi::Buffer<uint8_t>::New(env, 0);
-  uint8_t* p = b.data.release();
-  return Napi::Buffer<uint8_t>::New(env, p, b.size, [](Napi::Env, uint8_t* d) { delete[] d; });
+  size_t cap;
+  uint8_t* p = b.data.Release(&cap);
+  return Napi::Buffer<uint8_t>::New(env, p, b.size, [](Napi::Env, uint8_t* d, size_t* c) {
+    FreeLargeBuffer(d, *c);
+    delete c;
+  }, new size_t(cap));
 }
 
 Napi::Buffer<uint8_t> U64ToBuffer(Napi::Env env, const std::vector<uint64_t>& v) {
@@ -92,7 +96,7 @@ class ShadowCacheWrap : public Napi::ObjectWrap<ShadowCacheWrap> {
   explicit ShadowCacheWrap(const Napi::CallbackInfo& info) : Napi::ObjectWrap<ShadowCacheWrap>(info) {
     Napi::Env env = info.Env();
     double max_bytes = kDefaultMaxBytes;
-    Eviction policy = Eviction::kClock;
+    Eviction policy = Eviction::kLru;
     EncodeOptions options;
     if (info.Length() > 0 && !info[0].IsUndefined()) {
       if (!info[0].IsObject()) throw Napi::TypeError::New(env, "ShadowCache(options?: { maxBytes?, eviction?, xorRuns?, compress? })");
@@ -115,6 +119,12 @@ class ShadowCacheWrap : public Napi::ObjectWrap<ShadowCacheWrap> {
       if (!xr.IsUndefined()) options.xor_runs = xr.ToBoolean();
       Napi::Value cz = o.Get("compress");
       if (!cz.IsUndefined()) options.compress = cz.ToBoolean();
+      Napi::Value mg = o.Get("mergeGap");
+      if (!mg.IsUndefined()) {
+        double g = mg.ToNumber().DoubleValue();
+        if (!(g >= 0 && g <= 64)) throw Napi::RangeError::New(env, "ShadowCache: mergeGap must be between 0 and 64");
+        options.merge_gap = static_cast<size_t>(g);
+      }
     }
     try {
       state_ = std::make_shared<CacheState>(static_cast<size_t>(max_bytes), policy);
@@ -337,30 +347,6 @@ BatchPtr FromHandle(Napi::Env env, Napi::Value v) {
   return *v.As<Napi::External<BatchPtr>>().Data();
 }
 
-Napi::Object ParsedToJs(Napi::Env env, const BatchPtr& b) {
-  std::vector<uint64_t> addrs, zeros, need;
-  addrs.reserve(b->full + b->delta);
-  zeros.reserve(b->zero);
-  need.reserve(b->delta);
-  for (const auto& e : b->entries) {
-    if (e.kind == kZero) {
-      zeros.push_back(e.addr);
-    } else {
-      addrs.push_back(e.addr);
-      if (e.kind == kDelta) need.push_back(e.addr);
-    }
-  }
-  Napi::Object o = Napi::Object::New(env);
-  o.Set("addrs", U64ToBuffer(env, addrs));
-  o.Set("zeros", U64ToBuffer(env, zeros));
-  o.Set("needBase", U64ToBuffer(env, need));
-  o.Set("count", Napi::Number::New(env, static_cast<double>(b->entries.size())));
-  o.Set("full", Napi::Number::New(env, static_cast<double>(b->full)));
-  o.Set("delta", Napi::Number::New(env, static_cast<double>(b->delta)));
-  o.Set("zero", Napi::Number::New(env, static_cast<double>(b->zero)));
-  o.Set("batch", MakeHandle(env, b));
-  return o;
-}
 
 // Decoded pages: from a pool of mapped, already faulted-in buffers when large (a fresh
 // megabyte costs 256 page faults and zeroings, about as much as decoding it), from the heap
@@ -435,17 +421,52 @@ Napi::Object DecodedToJs(Napi::Env env, DecodedBatch& d, PagesOut& pages) {
   return o;
 }
 
+Napi::Object ParsedToJs(Napi::Env env, const BatchPtr& b, PagesOut& pages, bool want_pages) {
+  std::vector<uint64_t> addrs, zeros, need;
+  std::vector<uint32_t> slots;
+  addrs.reserve(b->full + b->delta);
+  zeros.reserve(b->zero);
+  need.reserve(b->delta);
+  slots.reserve(b->delta);
+  for (const auto& e : b->entries) {
+    if (e.kind == kZero) {
+      zeros.push_back(e.addr);
+    } else {
+      addrs.push_back(e.addr);
+      if (e.kind == kDelta) {
+        need.push_back(e.addr);
+        slots.push_back(e.slot);
+      }
+    }
+  }
+  Napi::Object o = Napi::Object::New(env);
+  o.Set("addrs", U64ToBuffer(env, addrs));
+  o.Set("zeros", U64ToBuffer(env, zeros));
+  o.Set("needBase", U64ToBuffer(env, need));
+  o.Set("needSlot", slots.empty() ? Napi::Buffer<uint8_t>::New(env, 0)
+                                  : Napi::Buffer<uint8_t>::Copy(env, reinterpret_cast<const uint8_t*>(slots.data()), slots.size() * 4));
+  if (want_pages) o.Set("pages", pages.ToJs(env));
+  o.Set("count", Napi::Number::New(env, static_cast<double>(b->entries.size())));
+  o.Set("full", Napi::Number::New(env, static_cast<double>(b->full)));
+  o.Set("delta", Napi::Number::New(env, static_cast<double>(b->delta)));
+  o.Set("zero", Napi::Number::New(env, static_cast<double>(b->zero)));
+  o.Set("batch", MakeHandle(env, b));
+  return o;
+}
+
 class ParseWorker : public Napi::AsyncWorker {
  public:
-  ParseWorker(Napi::Env env, Napi::Buffer<uint8_t> data)
+  ParseWorker(Napi::Env env, Napi::Buffer<uint8_t> data, bool want_pages)
       : Napi::AsyncWorker(env, "remus-delta-parse"), deferred_(Napi::Promise::Deferred::New(env)),
-        ref_(Napi::Persistent(data)), data_(data.Data()), len_(data.Length()), batch_(std::make_shared<ParsedBatch>()) {}
+        ref_(Napi::Persistent(data)), data_(data.Data()), len_(data.Length()), batch_(std::make_shared<ParsedBatch>()),
+        want_pages_(want_pages) {}
   Napi::Promise Promise() { return deferred_.Promise(); }
   void Execute() override {
     std::string err = ParseBatch(data_, len_, batch_.get());
-    if (!err.empty()) SetError("parseBatch: " + err);
+    if (!err.empty()) return SetError("parseBatch: " + err);
+    if (want_pages_) pages_.Allocate((batch_->full + batch_->delta) * kPage);
   }
-  void OnOK() override { deferred_.Resolve(ParsedToJs(Env(), batch_)); }
+  void OnOK() override { deferred_.Resolve(ParsedToJs(Env(), batch_, pages_, want_pages_)); }
   void OnError(const Napi::Error& e) override { deferred_.Reject(e.Value()); }
 
  private:
@@ -454,6 +475,8 @@ class ParseWorker : public Napi::AsyncWorker {
   const uint8_t* data_;
   size_t len_;
   BatchPtr batch_;
+  bool want_pages_;
+  PagesOut pages_;
 };
 
 class ApplyWorker : public Napi::AsyncWorker {
@@ -494,10 +517,77 @@ class ApplyWorker : public Napi::AsyncWorker {
   PagesOut pages_;
 };
 
+class ApplyInPlaceWorker : public Napi::AsyncWorker {
+ public:
+  ApplyInPlaceWorker(Napi::Env env, BatchPtr batch, Napi::Buffer<uint8_t> pages)
+      : Napi::AsyncWorker(env, "remus-delta-apply"), deferred_(Napi::Promise::Deferred::New(env)), batch_(std::move(batch)),
+        pages_ref_(Napi::Persistent(pages)), pages_(pages.Data()), len_(pages.Length()) {}
+  Napi::Promise Promise() { return deferred_.Promise(); }
+  void Execute() override {
+    std::string err = ApplyBatchInPlace(*batch_, pages_, len_, &out_);
+    if (!err.empty()) SetError("applyBatchInPlace: " + err);
+  }
+  void OnOK() override {
+    Napi::Env env = Env();
+    Napi::Object o = Napi::Object::New(env);
+    o.Set("addrs", U64ToBuffer(env, out_.addrs));
+    o.Set("zeros", U64ToBuffer(env, out_.zeros));
+    o.Set("pages", pages_ref_.Value());
+    deferred_.Resolve(o);
+  }
+  void OnError(const Napi::Error& e) override { deferred_.Reject(e.Value()); }
+
+ private:
+  Napi::Promise::Deferred deferred_;
+  BatchPtr batch_;
+  Napi::Reference<Napi::Buffer<uint8_t>> pages_ref_;
+  uint8_t* pages_;
+  size_t len_;
+  DecodedBatch out_;
+};
+
+BatchPtr HandleArg(const Napi::CallbackInfo& info, const char* op) {
+  Napi::Env env = info.Env();
+  if (info.Length() < 2 || !info[1].IsBuffer()) throw Napi::TypeError::New(env, std::string(op) + "(batch: handle from parseBatch, pages: Buffer)");
+  BatchPtr b = FromHandle(env, info[0]);
+  if (!b) throw Napi::TypeError::New(env, std::string(op) + ": batch must be the handle parseBatch returned");
+  return b;
+}
+
+// applyBatchInPlace(batch, pages): `pages` (parseBatch's `pages`, or any Buffer of
+// (full + delta) x 4096 bytes) holds each DELTA page's base at its slot (needSlot).
+Napi::Value ApplyBatchInPlaceJs(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  BatchPtr b = HandleArg(info, "applyBatchInPlace");
+  auto* w = new ApplyInPlaceWorker(env, std::move(b), info[1].As<Napi::Buffer<uint8_t>>());
+  Napi::Promise p = w->Promise();
+  w->Queue();
+  return p;
+}
+
+Napi::Value ApplyBatchInPlaceSyncJs(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  BatchPtr b = HandleArg(info, "applyBatchInPlaceSync");
+  auto pages = info[1].As<Napi::Buffer<uint8_t>>();
+  DecodedBatch out;
+  std::string err = ApplyBatchInPlace(*b, pages.Data(), pages.Length(), &out);
+  if (!err.empty()) throw Napi::Error::New(env, "applyBatchInPlaceSync: " + err);
+  Napi::Object o = Napi::Object::New(env);
+  o.Set("addrs", U64ToBuffer(env, out.addrs));
+  o.Set("zeros", U64ToBuffer(env, out.zeros));
+  o.Set("pages", pages);
+  return o;
+}
+
+// parseBatch's options: { pages: true } asks for the output buffer of applyBatchInPlace.
+bool WantPages(const Napi::CallbackInfo& info) {
+  return info.Length() > 1 && info[1].IsObject() && info[1].As<Napi::Object>().Get("pages").ToBoolean();
+}
+
 Napi::Value ParseBatchJs(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
-  if (info.Length() < 1 || !info[0].IsBuffer()) throw Napi::TypeError::New(env, "parseBatch(data: Buffer)");
-  auto* w = new ParseWorker(env, info[0].As<Napi::Buffer<uint8_t>>());
+  if (info.Length() < 1 || !info[0].IsBuffer()) throw Napi::TypeError::New(env, "parseBatch(data: Buffer, options?: { pages?: boolean })");
+  auto* w = new ParseWorker(env, info[0].As<Napi::Buffer<uint8_t>>(), WantPages(info));
   Napi::Promise p = w->Promise();
   w->Queue();
   return p;
@@ -505,12 +595,15 @@ Napi::Value ParseBatchJs(const Napi::CallbackInfo& info) {
 
 Napi::Value ParseBatchSyncJs(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
-  if (info.Length() < 1 || !info[0].IsBuffer()) throw Napi::TypeError::New(env, "parseBatchSync(data: Buffer)");
+  if (info.Length() < 1 || !info[0].IsBuffer()) throw Napi::TypeError::New(env, "parseBatchSync(data: Buffer, options?: { pages?: boolean })");
   auto data = info[0].As<Napi::Buffer<uint8_t>>();
   auto batch = std::make_shared<ParsedBatch>();
   std::string err = ParseBatch(data.Data(), data.Length(), batch.get());
   if (!err.empty()) throw Napi::Error::New(env, "parseBatchSync: " + err);
-  return ParsedToJs(env, batch);
+  PagesOut pages;
+  bool want = WantPages(info);
+  if (want) pages.Allocate((batch->full + batch->delta) * kPage);
+  return ParsedToJs(env, batch, pages, want);
 }
 
 // The batch argument: a handle from parseBatch, or the batch's bytes (parsed here).
@@ -600,6 +693,8 @@ void InitDeltaCodec(Napi::Env env, Napi::Object exports) {
   exports.Set("parseBatchSync", Napi::Function::New<ParseBatchSyncJs>(env, "parseBatchSync"));
   exports.Set("applyBatch", Napi::Function::New<ApplyBatchJs>(env, "applyBatch"));
   exports.Set("applyBatchSync", Napi::Function::New<ApplyBatchSyncJs>(env, "applyBatchSync"));
+  exports.Set("applyBatchInPlace", Napi::Function::New<ApplyBatchInPlaceJs>(env, "applyBatchInPlace"));
+  exports.Set("applyBatchInPlaceSync", Napi::Function::New<ApplyBatchInPlaceSyncJs>(env, "applyBatchInPlaceSync"));
   exports.Set("releaseDecoded", Napi::Function::New<ReleaseDecodedJs>(env, "releaseDecoded"));
   exports.Set("crc32c", Napi::Function::New<Crc32cJs>(env, "crc32c"));
   exports.Set("codecInfo", Napi::Function::New<CodecInfoJs>(env, "codecInfo"));

@@ -4,11 +4,19 @@
 //     .encode(addrs: Buffer, pages: Buffer): Promise<{ data: Buffer, stats }>   (libuv pool)
 //     .encodeSync(addrs, pages): { data, stats }                                 (this thread)
 //     .reset(), .retain(ranges), .stats(), .checkInvariants(), .close()
-//   parseBatch(data): Promise<{ addrs, zeros, needBase: Buffer (u64 LE), count, batch }>
-//   parseBatchSync(data)
-//   applyBatch(batch | data, bases: Buffer): Promise<{ addrs, zeros, pages }>
+//   parseBatch(data, { pages? }): Promise<{ addrs, zeros, needBase: Buffer (u64 LE),
+//     needSlot (u32 LE), count, full, delta, zero, batch, pages (with { pages: true }) }>
+//   parseBatchSync(data, { pages? })
+//   applyBatch(batch | data, bases: Buffer): Promise<{ addrs, zeros, pages }>   (copies bases)
 //   applyBatchSync(batch | data, bases)
+//   applyBatchInPlace(batch, pages): Promise<{ addrs, zeros, pages }>   (bases already in
+//     `pages` at their slots: each checked and patched where it is; the standby's path)
+//   applyBatchInPlaceSync(batch, pages)
+//   releaseDecoded(pages): gives a decoded buffer back to the pool now
 //   crc32c(buf, portable?: boolean): number;  codecInfo(): { crc32c, diff }
+//
+// Decoded pages of 64 KiB or more come from a pool of faulted-in buffers (parseBatch's
+// `pages`, applyBatch's result), returned at garbage collection or by releaseDecoded.
 //
 // Calls on one ShadowCache must not overlap: a second call while an encode() runs throws
 // instead of racing. `batch` is an opaque handle (a type-tagged External) holding the

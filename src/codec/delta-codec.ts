@@ -12,7 +12,8 @@
 //
 // Standby: DeltaPageDecoder decodes in two native steps around the store: parse (checks
 // the whole message: header, LZ4, checksum, every entry and run; lists the pages whose
-// base it needs), then, with those bases read from the store, apply (off the event loop).
+// base it needs and hands out the output buffer), then, with those bases read from the
+// store into their slots of the output, apply in place (off the event loop).
 // Each DELTA carries the CRC-32C of the version it was made against: the version check.
 // A base with another checksum refuses the message (which page, both checksums), and
 // nothing is returned, so nothing reaches the store. Other codecs ('lz4', 'raw') are
@@ -153,29 +154,33 @@ export class DeltaPageDecoder implements PageDecoder {
     const n = native();
     let parsed;
     try {
-      parsed = await n.parseBatch(msg.data);
+      parsed = await n.parseBatch(msg.data, { pages: true });
     } catch (e) {
       throw new PageCodecError(`pages: ${(e as Error).message}`, 'invalid', { cause: e });
     }
     if (msg.rawBytes !== (parsed.full + parsed.delta) * PAGE_SIZE)
       throw new PageCodecError(`pages: rawBytes ${msg.rawBytes} does not match the ${parsed.full + parsed.delta} pages with data in the batch`);
-    const bases = Buffer.allocUnsafe(parsed.delta * PAGE_SIZE);
+    // Each base goes straight into its slot of the output (pooled, faulted-in memory); the
+    // native step checks and patches it there.
+    const pages = parsed.pages!;
     if (parsed.delta) {
       if (!readBase) throw new PageCodecError(`pages: the batch has ${parsed.delta} delta pages but no readBase was given`);
       const need = bufferToAddrs(parsed.needBase);
+      const slots = parsed.needSlot;
       for (let i = 0; i < need.length; i++) {
+        const at = slots.readUInt32LE(i * 4) * PAGE_SIZE;
         const b = await readBase(need[i]!);
         if (b === null) {
-          bases.fill(0, i * PAGE_SIZE, (i + 1) * PAGE_SIZE);
+          pages.fill(0, at, at + PAGE_SIZE);
         } else {
           if (b.length !== PAGE_SIZE) throw new PageCodecError(`pages: readBase(0x${need[i]!.toString(16)}) returned ${b.length} bytes, not a page`);
-          b.copy(bases, i * PAGE_SIZE);
+          b.copy(pages, at);
         }
       }
     }
     let out;
     try {
-      out = await n.applyBatch(parsed.batch, bases);
+      out = await n.applyBatchInPlace(parsed.batch, pages);
     } catch (e) {
       const m = (e as Error).message;
       throw new PageCodecError(`pages: ${m}`, m.includes('version check failed') ? 'version-mismatch' : 'invalid', { cause: e });

@@ -18,9 +18,10 @@ export function criuErrors(log: string, max = 6): string[] {
 
 function run(criu: string, args: string[], timeoutMs: number): Promise<{ code: number; stderr: string }> {
   return new Promise((resolve) => {
-    execFile(criu, args, { timeout: timeoutMs, maxBuffer: 16 << 20 }, (err, _stdout, stderr) => {
-      const code = err ? (typeof (err as { code?: unknown }).code === 'number' ? (err as { code: number }).code : -1) : 0;
-      resolve({ code, stderr: String(stderr) });
+    execFile(criu, args, { timeout: timeoutMs, killSignal: 'SIGKILL', maxBuffer: 16 << 20 }, (err, _stdout, stderr) => {
+      const e = err as { code?: unknown; killed?: boolean } | null;
+      const code = e ? (typeof e.code === 'number' ? e.code : -1) : 0;
+      resolve({ code, stderr: `${String(stderr)}${e?.killed ? `\n(criu killed after ${timeoutMs} ms)` : ''}` });
     });
   });
 }
@@ -46,7 +47,7 @@ export interface DumpOptions {
  * brings them back closed with --tcp-close), so that a service with clients can be based.
  */
 export async function criuDump(o: DumpOptions): Promise<CriuResult> {
-  const args = ['dump', '-t', String(o.pid), '-D', o.dir, '-o', 'dump.log', '-v2', '--tcp-established', '--ext-unix-sk', '--file-locks'];
+  const args = ['dump', '-t', String(o.pid), '-D', o.dir, '-o', 'dump.log', '-v2', '--tcp-established', '--skip-in-flight', '--ext-unix-sk', '--file-locks'];
   if (o.leaveRunning !== false) args.push('--leave-running');
   const shellJob = !(await isSessionLeader(o.pid).catch(() => true));
   if (shellJob) args.push('--shell-job');

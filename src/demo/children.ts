@@ -2,7 +2,7 @@
 // events, and small helpers to wait, to ask the example service over HTTP, and to tell
 // whether a PID is still one of ours.
 import { spawn, type ChildProcess } from 'node:child_process';
-import { existsSync, readFileSync } from 'node:fs';
+import { existsSync, readdirSync, readFileSync } from 'node:fs';
 import { Agent, request } from 'node:http';
 import { createServer } from 'node:net';
 import { join } from 'node:path';
@@ -61,6 +61,12 @@ export class CliChild {
   }
 
   get alive(): boolean { return this.proc.exitCode === null && this.proc.signalCode === null; }
+
+  /** "replicate NAME (pid N) exited (HOW)" and the last lines of its log. */
+  describeExit(): string {
+    const how = this.proc.signalCode ?? `code ${String(this.proc.exitCode)}`;
+    return `replicate ${this.name} (pid ${this.pid}) exited (${how})${this.stderr.trim() ? `:\n${this.stderrTail()}` : ''}`;
+  }
 
   on(f: (e: DemoEvent) => void): () => void {
     this.#listeners.add(f);
@@ -144,6 +150,32 @@ export function httpJson(method: 'GET' | 'POST', url: string, o: { agent?: Agent
 /** True while /proc/PID exists and its command line contains `marker` (a PID is reused, eventually). */
 export function isOurs(pid: number, marker: string): boolean {
   try { return readFileSync(`/proc/${pid}/cmdline`, 'utf8').includes(marker); } catch { return false; }
+}
+
+/** The command line of a process ('' when it is gone or a zombie). */
+export function cmdlineOf(pid: number): string {
+  try { return readFileSync(`/proc/${pid}/cmdline`, 'utf8').replace(/\0/g, ' ').trim(); } catch { return ''; }
+}
+
+/** Every live descendant of `pid` (children first), with its command line. */
+export function descendants(pid: number): Array<{ pid: number; cmdline: string }> {
+  const out: Array<{ pid: number; cmdline: string }> = [];
+  const queue = [pid];
+  while (queue.length) {
+    const p = queue.shift()!;
+    let tids: string[] = [];
+    try { tids = readdirSync(`/proc/${p}/task`); } catch { continue; }
+    for (const tid of tids) {
+      let kids = '';
+      try { kids = readFileSync(`/proc/${p}/task/${tid}/children`, 'utf8').trim(); } catch { continue; }
+      for (const k of kids.split(/\s+/).filter(Boolean).map(Number)) {
+        if (out.some((d) => d.pid === k)) continue;
+        out.push({ pid: k, cmdline: cmdlineOf(k) });
+        queue.push(k);
+      }
+    }
+  }
+  return out;
 }
 
 /** Waits until /proc/PID is gone (reaped); false on timeout. */

@@ -24,7 +24,7 @@ import { spawnTarget, type SpawnedTarget } from '../spawn/spawn-target.js';
 import { writeSecretFile } from '../transport/security.js';
 import { packageRoot } from '../util/paths.js';
 import { formatBytes } from '../util/size.js';
-import { CliChild, freePort, httpJson, isOurs, killQuietly, sleep, waitGone, type DemoEvent } from './children.js';
+import { cmdlineOf, CliChild, descendants, freePort, httpJson, isOurs, killQuietly, sleep, waitGone, type DemoEvent } from './children.js';
 import { KEYS, LoadDriver, type ServiceState } from './load.js';
 import { DemoOutput } from './output.js';
 
@@ -142,6 +142,7 @@ class Demo {
     // --- 1. prerequisites -------------------------------------------------------------
     if (!existsSync(SERVICE_SCRIPT)) throw new DemoFailure(`the example service is missing (${SERVICE_SCRIPT}): run the demo from a full checkout of remus-replicate`);
     const report = await check();
+    this.signal.throwIfAborted();
     const isRoot = process.getuid?.() === 0;
     out.event('prerequisites', { ok: report.ok, root: isRoot, problems: report.problems, backend: report.backend.name, criu: report.criu });
     if (!report.ok) {
@@ -164,6 +165,7 @@ class Demo {
     out.event('setup', { dir: this.tmp, restoreDir: this.shm, key });
 
     this.service = await this.#startService();
+    this.signal.throwIfAborted();
     const svc = this.service;
     out.event('started', { what: 'service', pid: svc.pid, keeperPid: svc.target.keeper.pid, port: svc.port, logs: svc.logs },
       `  ${out.ok(`service         node examples/counter-service.mjs on 127.0.0.1:${svc.port}, pid ${out.paint('bold', String(svc.pid))}`)}`);
@@ -192,6 +194,7 @@ class Demo {
     if (driver.lastError) throw new DemoFailure(`the service stopped answering: ${driver.lastError.message}`);
     const pausedAt = Date.now();
     const committed = await driver.state();
+    this.signal.throwIfAborted();
     if (committed.total !== driver.total) throw new DemoFailure(`the service says total=${committed.total} but answered ${driver.total} last`);
     out.heading(`Client paused at total=${committed.total}; waiting for an epoch captured after the pause to commit...`);
     // A commit's capture time is its event's time minus its lag. The second such commit is
@@ -201,11 +204,13 @@ class Demo {
       from: pr.events.length, timeoutMs: 20 * o.epochMs + 10_000, signal: this.signal,
       pred: (e) => Date.parse(String(e.time)) - Number(e.lagMs) > pausedAt + 1 && ++after >= 2,
     });
+    this.#checkNoFalseSuspicion();
     const committedEpoch = Number(fresh.epoch);
     out.event('committed-state', { epoch: committedEpoch, state: committed },
       `  ${out.ok(`epoch ${committedEpoch} is committed on the standby with ${out.paint('bold', `total=${committed.total}`)} (${KEYS.map((k) => `${k} ${committed.counters[k] ?? 0}`).join(', ')})`)}`);
 
     // --- 5. kill the primary side ------------------------------------------------------
+    this.signal.throwIfAborted();
     out.heading('Killing the primary side with SIGKILL');
     const sbMark = sb.events.length;
     const t0 = performance.now();
@@ -230,12 +235,12 @@ class Demo {
     if (typeof promoted.pid === 'number') this.restoredPid = promoted.pid;
     const t = promoted.timings as { detectionMs: number; buildMs: number; restoreMs: number; healthMs: number; totalMs: number };
     const errors = (promoted.errors as string[] | undefined) ?? [];
-    out.event('promoted', { ok: promoted.ok, outcome: promoted.outcome, pid: promoted.pid, epoch: promoted.epoch, attempts: promoted.attempts, timings: t, errors, sinceKillMs: tPromoted - t0, sinceServiceKillMs: tPromoted - tService });
+    out.event('promoted', { ok: promoted.ok, outcome: promoted.outcome, pid: promoted.pid, epoch: promoted.epoch, attempts: promoted.attempts, lazy: !!promoted.lazy, timings: t, errors, sinceKillMs: tPromoted - t0, sinceServiceKillMs: tPromoted - tService });
     if (!promoted.ok) throw new DemoFailure(`the promotion failed (${String(promoted.outcome)}): ${errors.join('; ') || 'see the standby log'}${sb.stderr ? `\n${sb.stderrTail()}` : ''}`);
     const step = (ms: number, what: string, why: string) => out.say(`  ${out.note(`${what.padEnd(13)}${fmtMs(ms).padStart(7)}   ${why}`)}`);
     step(t.detectionMs, 'detection', 'silence since the primary\'s last sign of life, until the phi accrual detector gave up on it');
     step(t.buildMs, 'image', `epoch ${String(promoted.epoch)}: the base image with the committed registers, layout and pages (on tmpfs)`);
-    step(t.restoreMs, 'criu restore', `same PID, same listening socket${Number(promoted.attempts) > 1 ? ` (attempt ${String(promoted.attempts)})` : ''}`);
+    step(t.restoreMs, 'criu restore', `same PID, same listening socket${promoted.lazy ? '; the memory streams in from the standby\'s store as it is touched (lazy pages)' : ''}${Number(promoted.attempts) > 1 ? ` (attempt ${String(promoted.attempts)})` : ''}`);
     step(t.healthMs, 'health check', `GET /state answers`);
     out.say(`  ${out.ok(`promoted: the service runs again as pid ${out.paint('bold', String(promoted.pid))}${promoted.pid === svc.pid ? ' (the same PID)' : ''}, ${fmtMs(tPromoted - tService)} after it was killed`)}`);
 
@@ -254,12 +259,42 @@ class Demo {
     out.say(`  ${out.ok(`the ${lost} increments made after it are lost, as expected: replication is asynchronous, a failure loses the writes since the last committed epoch`)}`);
     out.say(`  ${out.ok(`service unavailable for ${fmtMs(tAnswer - tService)}: from its kill to the first answer of the restored copy`)}`);
 
+    // A lazy restore streams the rest of the memory from the standby after the process
+    // runs: only once that is over may the restored process stop (or the standby go).
+    if (promoted.lazy) {
+      const ms = await this.#lazyTransferDone(sb, tPromoted);
+      out.event('lazy-transfer', { done: ms !== null, sincePromotedMs: ms },
+        `  ${ms !== null ? out.ok(`every page in place ${fmtMs(ms)} after the promotion (streamed in the background by criu lazy-pages)`) : out.bad('the lazy page transfer did not finish within 30 s')}`);
+    }
+
     if (o.keep) {
       this.keepRestored = true;
       out.event('kept', { pid: this.restoredPid, port: svc.port, dir: this.tmp },
         `\n${out.note(`--keep: the restored service keeps running: curl http://127.0.0.1:${svc.port}/state\n  stop it with: kill ${this.restoredPid}; its logs and the standby's directory are in ${this.tmp} (rm -rf it afterwards)`)}`);
     }
     return EXIT.ok;
+  }
+
+  /** Waits until the standby has no `criu lazy-pages` process left; ms since `since`, or null after 30 s. */
+  async #lazyTransferDone(sb: CliChild, since: number): Promise<number | null> {
+    for (const end = performance.now() + 30_000; performance.now() < end;) {
+      if (!descendants(sb.pid).some((d) => /\blazy-pages\b/.test(d.cmdline))) return performance.now() - since;
+      await sleep(20, this.signal);
+    }
+    return null;
+  }
+
+  #falseSuspicion: DemoEvent | undefined;
+
+  /** Notes a standby that gives up on the primary before the demo killed it. */
+  #watchFalseSuspicion(): void {
+    this.standby?.on((e) => { if ((e.event === 'suspect' || e.event === 'promoting') && !this.#falseSuspicion) this.#falseSuspicion = e; });
+  }
+
+  #checkNoFalseSuspicion(): void {
+    const e = this.#falseSuspicion;
+    if (!e) return;
+    throw new DemoFailure(`the standby declared the live primary dead (${e.event === 'suspect' ? `after ${fmtMs(Number(e.silentMs))} without a heartbeat` : String(e.reason)}): this machine is too busy for the demo's 50 ms heartbeats; try again when it is quieter`);
   }
 
   /** Starts the example service through the keeper; retried on a port taken meanwhile. */
@@ -323,12 +358,14 @@ class Demo {
     out.say(out.paint('dim', cols(['time', 'committed', 'lag', 'pause p50', 'sent per epoch', 'service state'])));
     let window: DemoEvent[] = [];
     const off = pr.on((e) => { if (e.event === 'commit') window.push(e); });
+    this.#watchFalseSuspicion();
     try {
       const started = performance.now();
       for (let second = 1; performance.now() - started < o.loadMs - 100; second++) {
         await Promise.race([sleep(Math.max(0, started + second * 1000 - performance.now()), this.signal), pr.exited]);
-        if (!pr.alive) throw new DemoFailure(`the primary agent exited:\n${pr.stderrTail()}`);
-        if (!this.standby?.alive) throw new DemoFailure(`the standby exited:\n${this.standby?.stderrTail() ?? ''}`);
+        this.#checkNoFalseSuspicion();
+        if (!pr.alive) throw new DemoFailure(pr.describeExit());
+        if (this.standby && !this.standby.alive) throw new DemoFailure(this.standby.describeExit());
         if (driver.lastError) throw new DemoFailure(`the service stopped answering: ${driver.lastError.message}`);
         const w = window;
         window = [];
@@ -341,7 +378,7 @@ class Demo {
         };
         const human = last
           ? cols([`${second} s`, `epoch ${row.epoch}`, fmtMs(row.lagMs), `${pause.toFixed(2)} ms`, `${Math.round(row.pagesPerEpoch)} pages, ${formatBytes(row.bytesPerEpoch)}`, stateLine(row)])
-          : cols([`${second} s`, out.paint('yellow', 'none'), '', '', '', stateLine(row)]);
+          : cols([`${second} s`, out.paint('yellow', 'none'.padEnd(10)), '', '', '', stateLine(row)]);
         out.event('progress', row, human);
       }
     } finally {
@@ -364,10 +401,18 @@ class Demo {
       killed.push(this.restoredPid);
       await waitGone(this.restoredPid, 3000);
     }
-    // The standby: SIGTERM lets a promotion in progress finish, then it exits.
+    // The standby: SIGTERM lets a promotion in progress finish, then it exits. What it
+    // started (criu, a lazy-pages daemon) and left behind is stopped by PID afterwards.
     if (this.standby) {
+      const spawned = this.standby.alive ? descendants(this.standby.pid).filter((d) => !(this.keepRestored && d.pid === this.restoredPid)) : [];
       if (this.standby.alive) stopped.push(this.standby.pid);
       await this.standby.stop('SIGTERM', 15_000);
+      for (const d of spawned) {
+        if (d.pid === svc?.pid || !d.cmdline || cmdlineOf(d.pid) !== d.cmdline) continue; // the service is below; gone or reused
+        killQuietly(d.pid);
+        killed.push(d.pid);
+        if (!(await waitGone(d.pid, 5000))) left.push(d.pid);
+      }
     }
     if (this.primary?.alive) {
       await this.primary.stop('SIGKILL');

@@ -27,14 +27,15 @@ export class LoadDriver {
   /** One increment; resolves with the service's answer. */
   async increment(): Promise<void> {
     const key = KEYS[Math.floor(Math.random() * KEYS.length)]!;
-    const r = await httpJson('POST', `${this.url}/incr?key=${key}`, { agent: this.agent });
+    // A generous timeout: the service is frozen while a base image is dumped.
+    const r = await httpJson('POST', `${this.url}/incr?key=${key}`, { agent: this.agent, timeoutMs: 10_000 });
     this.done++;
     this.total = Number(r.total);
     this.counters[key] = Number(r.value);
   }
 
   state(): Promise<ServiceState> {
-    return httpJson('GET', `${this.url}/state`, { agent: this.agent }) as unknown as Promise<ServiceState>;
+    return httpJson('GET', `${this.url}/state`, { agent: this.agent, timeoutMs: 10_000 }) as unknown as Promise<ServiceState>;
   }
 
   /** Increments `perSecond` times a second (one at a time) until `pause()`. */

@@ -26,7 +26,7 @@ export class DemoOutput {
   ok(text: string): string { return `${this.paint('green', '✓')} ${text}`; }
   bad(text: string): string { return `${this.paint('red', '✗')} ${text}`; }
   note(text: string): string { return `${this.paint('dim', '·')} ${text}`; }
-  kill(text: string): string { return `${this.paint(['red', 'bold'], '✝')} ${text}`; }
+  kill(text: string): string { return `${this.paint(['red', 'bold'], '☠')} ${text}`; }
 
   /** An event: a JSON line with --json, else `human` (nothing when it is undefined). */
   event(type: string, data: object, human?: string): void {

@@ -6,12 +6,12 @@
 //   -> criu restore -d (this process is the subreaper of what it restores)
 //   -> health check; a failed restore or check is retried (3 attempts in all), then
 //      --fallback-cmd cold-starts the service and the failure is reported loudly.
-import { existsSync } from 'node:fs';
-import { mkdir, readFile, rm } from 'node:fs/promises';
+import { existsSync, readFileSync } from 'node:fs';
+import { mkdir, readdir, readFile, rm } from 'node:fs/promises';
 import { join } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { criuRestore, RestoreError } from '../criu/criu-runner.js';
-import { buildEpochImage } from '../criu/image/index.js';
+import { buildEpochImage, LAZY_DATA } from '../criu/image/index.js';
 import { silentLogger, type Logger } from '../log/logger.js';
 import { native } from '../native/binding.js';
 import { BASE_META, type BaseMeta } from '../primary/base-image.js';
@@ -20,6 +20,7 @@ import { baseDir } from '../standby/base-images.js';
 import type { EpochStore } from '../standby/epoch-store.js';
 import { describeHealthCheck, waitHealthy, type HealthCheck } from './health-check.js';
 import { runHook } from './hooks.js';
+import { restoreLazily } from './lazy-restore.js';
 
 export interface PromotionOptions {
   criu: string;
@@ -37,6 +38,16 @@ export interface PromotionOptions {
   tcpClose?: boolean;
   /** Refuse to restore when a regular file's size differs from the epoch's (CRIU's check). Default false. */
   strictFileSizes?: boolean;
+  /**
+   * Restore with lazy pages served from the store (the process runs before its memory is
+   * all in place: restore time does not grow with memory size). Default true; an attempt
+   * that fails lazily is retried eagerly.
+   */
+  lazy?: boolean;
+  /** Called if a lazy transfer fails after the promotion succeeded (the process was killed). */
+  onLazyFailure?: (why: string) => void;
+  /** Called with the transfer's end when a restore is lazy: the store must stay open until then. */
+  onLazyTransfer?: (done: Promise<unknown>) => void;
   logger?: Logger;
 }
 
@@ -54,6 +65,8 @@ export interface PromotionResult {
   ok: boolean;
   /** 'restored': the epoch runs; 'fallback': --fallback-cmd ran instead; 'fenced-out': the fence failed, nothing was done; 'failed'. */
   outcome: 'restored' | 'fallback' | 'fenced-out' | 'failed';
+  /** The restore used lazy pages (memory streamed in after the process started). */
+  lazy: boolean;
   pid: number | null;
   epoch: number;
   lineage: string;
@@ -66,6 +79,27 @@ export interface PromotionResult {
 
 function defaultRestoreRoot(dir: string): string {
   return existsSync('/dev/shm') ? '/dev/shm/remus-replicate' : join(dir, 'restore');
+}
+
+/** A few words on a process for error messages: alive and in which state, or gone. */
+function describeProcess(pid: number): string {
+  try {
+    const st = readFileSync(`/proc/${pid}/status`, 'utf8');
+    const state = /State:\s*(.*)/.exec(st)?.[1] ?? '?';
+    const wchan = readFileSync(`/proc/${pid}/wchan`, 'utf8').trim();
+    return `${pid} is alive (${state}${wchan && wchan !== '0' ? `, waiting in ${wchan}` : ''})`;
+  } catch {
+    return `${pid} is gone (it exited or crashed after the restore)`;
+  }
+}
+
+/** Failed attempts keep their image for diagnosis; a success removes the older ones of this process. */
+async function pruneOldImages(root: string, keep: string): Promise<void> {
+  const mine = `-${process.pid}-`;
+  for (const n of await readdir(root).catch(() => [] as string[])) {
+    const p = join(root, n);
+    if (p !== keep && n.startsWith('img-') && n.includes(mine)) await rm(p, { recursive: true, force: true }).catch(() => undefined);
+  }
 }
 
 function pidAlive(pid: number): boolean {
@@ -83,9 +117,10 @@ export async function promote(store: EpochStore, dir: string, o: PromotionOption
   const c = store.committed;
   const errors: string[] = [];
   const timings: PromotionTimings = { detectionMs, fenceMs: 0, buildMs: 0, restoreMs: 0, healthMs: 0, totalMs: 0 };
-  const result = (r: Omit<PromotionResult, 'timings' | 'errors'>): PromotionResult => {
+  let lazyUsed = false;
+  const result = (r: Omit<PromotionResult, 'timings' | 'errors' | 'lazy'>): PromotionResult => {
     timings.totalMs = detectionMs + (performance.now() - t0);
-    return { ...r, timings, errors };
+    return { ...r, lazy: lazyUsed, timings, errors };
   };
   if (!c) {
     errors.push('nothing to promote: no epoch has been committed yet');
@@ -115,7 +150,9 @@ export async function promote(store: EpochStore, dir: string, o: PromotionOption
   try { native().setChildSubreaper(); } catch (e) { log.warn({ err: (e as Error).message }, 'cannot become a subreaper: the restored process will be re-parented to init'); }
 
   const attempts = o.attempts ?? 3;
+  let lazyFailed = false;
   for (let attempt = 1; attempt <= attempts; attempt++) {
+    let lazyDone: Promise<unknown> | undefined;
     const imageDir = join(root, `img-${c.lineage.slice(0, 8)}-${c.epoch}-${process.pid}-${attempt}`);
     let pid: number | null = null;
     try {
@@ -126,21 +163,48 @@ export async function promote(store: EpochStore, dir: string, o: PromotionOption
       if (taken.length) throw new RestoreError(`PIDs ${taken.join(', ')} of the process are still in use on this host`, true);
       const tb = performance.now();
       await rm(imageDir, { recursive: true, force: true });
-      // Descriptors come from the state (offsets set, closed ones dropped). File sizes are
-      // not enforced: the files on this host are what they are after the primary's death,
-      // and refusing to restore over a log that grew would help nobody (strictFileSizes).
-      const built = await buildEpochImage({ baseDir: base, outDir: imageDir, state: c.state, pages: store.pages(), dropFileSizes: !o.strictFileSizes });
+      // Lazy: anonymous memory is listed, not written (the page server reads the store at
+      // restore); after a lazy failure, later attempts restore eagerly.
+      lazyUsed = o.lazy !== false && !lazyFailed;
+      const built = await buildEpochImage({
+        baseDir: base, outDir: imageDir, state: c.state, dropFileSizes: !o.strictFileSizes,
+        ...(lazyUsed ? { pages: store.pageList(LAZY_DATA), lazy: { fetch: (a: bigint) => store.readPageSync(a) ?? null } } : { pages: store.pages() }),
+      });
       timings.buildMs = performance.now() - tb;
       for (const n of built.notes) log.info({ note: n }, 'image');
-      const r = await criuRestore({ criu: o.criu, dir: imageDir, tcpClose: o.tcpClose, shellJob: meta?.shellJob });
-      timings.restoreMs = r.ms;
-      pid = r.pid;
-      log.info({ pid, epoch: c.epoch, buildMs: Math.round(timings.buildMs), restoreMs: Math.round(r.ms) }, 'restored');
+      if (lazyUsed) {
+        let lr;
+        try {
+          lr = await restoreLazily({
+            criu: o.criu, imageDir, baseDir: base, store, pid: c.state.pid, shellJob: meta?.shellJob, tcpClose: o.tcpClose,
+            onFailure: (why) => { log.error({ why }, 'LAZY PAGE TRANSFER FAILED: the restored process was killed'); o.onLazyFailure?.(why); },
+          });
+        } catch (e) {
+          lazyFailed = true;
+          throw e;
+        }
+        timings.restoreMs = lr.restoreMs;
+        pid = lr.pid;
+        lazyDone = lr.done;
+        o.onLazyTransfer?.(lr.done);
+        void lr.done.then((d) => {
+          log[d.ok ? 'info' : 'error']({ pages: d.pagesServed, ms: Math.round(d.ms), error: d.error }, d.ok ? 'every page is in place' : 'lazy transfer failed');
+          void rm(imageDir, { recursive: true, force: true }).catch(() => undefined);
+        });
+      } else {
+        const r = await criuRestore({ criu: o.criu, dir: imageDir, tcpClose: o.tcpClose, shellJob: meta?.shellJob });
+        timings.restoreMs = r.ms;
+        pid = r.pid;
+      }
+      log.info({ pid, epoch: c.epoch, lazy: lazyUsed, buildMs: Math.round(timings.buildMs), restoreMs: Math.round(timings.restoreMs) }, 'restored');
       if (o.health) {
-        timings.healthMs = await waitHealthy(o.health, o.healthTimeoutMs ?? 10_000);
+        timings.healthMs = await waitHealthy(o.health, o.healthTimeoutMs ?? 10_000).catch((e: Error) => {
+          throw new Error(`${e.message}; the restored process ${describeProcess(pid!)}; image kept in ${imageDir}`);
+        });
         log.info({ check: describeHealthCheck(o.health), ms: Math.round(timings.healthMs) }, 'health check passed');
       }
-      await rm(imageDir, { recursive: true, force: true }).catch(() => undefined);
+      if (!lazyDone) await rm(imageDir, { recursive: true, force: true }).catch(() => undefined);
+      await pruneOldImages(root, imageDir);
       const done = result({ ok: true, outcome: 'restored', pid, epoch: c.epoch, lineage: c.lineage, generation, attempts: attempt });
       if (o.onPromote) void runHook(o.onPromote, { ...hookEnv, role: 'primary', pid, generation });
       if (o.onRoleChange) void runHook(o.onRoleChange, { ...hookEnv, role: 'primary', pid, generation });
@@ -149,6 +213,7 @@ export async function promote(store: EpochStore, dir: string, o: PromotionOption
       const msg = (e as Error).message;
       errors.push(`attempt ${attempt}: ${msg}`);
       log.error({ attempt, err: msg }, 'promotion attempt failed');
+      if (lazyDone) lazyFailed = true;
       if (pid !== null && pidAlive(pid)) {
         try { process.kill(pid, 'SIGKILL'); } catch { /* gone */ }
         for (let i = 0; i < 100 && pidAlive(pid); i++) { native().reapChild(pid); await sleep(10); }

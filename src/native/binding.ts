@@ -139,8 +139,12 @@ export interface ParsedBatchHandle { readonly [parsedBatchBrand]: true }
 export interface ParsedDeltaBatch {
   /** u64 LE: pages with data (FULL, DELTA), pages that are zero, and the DELTA pages whose base is needed, in order. */
   addrs: Buffer; zeros: Buffer; needBase: Buffer;
+  /** u32 LE, one per needBase: the page's slot in `pages` (its index in `addrs`). */
+  needSlot: Buffer;
   count: number; full: number; delta: number; zero: number;
   batch: ParsedBatchHandle;
+  /** With { pages: true }: output for applyBatchInPlace, (full + delta) pages, uninitialized; put each base at its slot. */
+  pages?: Buffer;
 }
 
 export interface AppliedDeltaBatch { addrs: Buffer; zeros: Buffer; pages: Buffer }
@@ -148,9 +152,11 @@ export interface AppliedDeltaBatch { addrs: Buffer; zeros: Buffer; pages: Buffer
 /** Benchmark only, on the calling thread. */
 export interface NativeCodecBench {
   xbzrleEncode(olds: Buffer, news: Buffer, known: Uint8Array): { encoded: Buffer; lengths: Int32Array; wireBytes: number };
-  xbzrleDecode(encoded: Buffer, lengths: Int32Array, olds: Buffer, news: Buffer): Buffer;
+  xbzrleDecode(encoded: Buffer, lengths: Int32Array, olds: Buffer, news: Buffer, out?: Buffer): Buffer;
   lz4Compress(src: Buffer): Buffer;
-  lz4Decompress(src: Buffer, rawBytes: number): Buffer;
+  lz4Decompress(src: Buffer, rawBytes: number, out?: Buffer): Buffer;
+  /** CPU time of the calling thread, ns. */
+  threadCpuNs(): number;
 }
 
 export interface NativeAddon {
@@ -168,11 +174,14 @@ export interface NativeAddon {
   decompressBlock(data: Buffer, rawBytes: number): Promise<Buffer>;
   ShadowCache: new (options?: ShadowCacheOptions) => NativeShadowCache;
   /** Checks a delta batch whole (header, LZ4, CRC, every entry); off the JS thread. */
-  parseBatch(data: Buffer): Promise<ParsedDeltaBatch>;
-  parseBatchSync(data: Buffer): ParsedDeltaBatch;
+  parseBatch(data: Buffer, options?: { pages?: boolean }): Promise<ParsedDeltaBatch>;
+  parseBatchSync(data: Buffer, options?: { pages?: boolean }): ParsedDeltaBatch;
   /** `bases`: the standby's version of each needBase page (zeros where none), in order. Off the JS thread. */
   applyBatch(batch: ParsedBatchHandle | Buffer, bases: Buffer): Promise<AppliedDeltaBatch>;
   applyBatchSync(batch: ParsedBatchHandle | Buffer, bases: Buffer): AppliedDeltaBatch;
+  /** `pages` holds each needBase page at its needSlot; checked and patched in place, FULL pages copied in. Off the JS thread. */
+  applyBatchInPlace(batch: ParsedBatchHandle, pages: Buffer): Promise<AppliedDeltaBatch>;
+  applyBatchInPlaceSync(batch: ParsedBatchHandle, pages: Buffer): AppliedDeltaBatch;
   /** Gives decoded `pages` back for reuse now (the Buffer is emptied); anything else: no-op. */
   releaseDecoded(pages: Buffer): void;
   crc32c(data: Buffer, portable?: boolean): number;

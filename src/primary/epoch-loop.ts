@@ -24,7 +24,9 @@ export function toCaptured(e: Epoch, pid: number, base = ''): CapturedEpoch {
     children: e.children,
     base,
   };
-  return { seq: e.seq, capturedAt: Date.now(), ranges: e.ranges, pages: e.pages, state, release: () => e.release() };
+  // The wall-clock time read while the target was frozen: the instant this state is of.
+  const capturedAt = Number(e.clocks.realtimeNs / 1_000_000n);
+  return { seq: e.seq, capturedAt, ranges: e.ranges, pages: e.pages, state, release: () => e.release() };
 }
 
 /**

@@ -438,6 +438,44 @@ export class EpochStore {
     return addressesOf(this.snapshot().keys);
   }
 
+  /**
+   * The committed pages without their data, ascending: `data` is null for a zero page and
+   * `withData` (a marker the caller chooses) otherwise. Cheap: for image building that
+   * only lists pages (a lazy restore reads them later with readPageSync).
+   */
+  *pageList<T>(withData: T): Generator<{ addr: bigint; data: T | null }> {
+    this.assertOpen();
+    const snap = this.snapshot();
+    for (let i = 0; i < snap.keys.length; i++) {
+      yield { addr: BigInt(snap.keys[i]!) << 12n, data: snap.vals[i] === ZERO ? null : withData };
+    }
+  }
+
+  /**
+   * The committed page at `addr` (an open batch's first, as readPage), synchronously: for
+   * a page server answering the kernel's page faults. null: zero page; undefined: no such page.
+   */
+  readPageSync(addr: bigint): Buffer | null | undefined {
+    this.assertOpen();
+    const pn = pageNumberOf(addr);
+    const b = this.batch;
+    if (b) {
+      const r = b.lookup(pn);
+      if (r !== undefined) return r === ZERO ? null : b.readSlot(r);
+    }
+    const g = this.index.get(pn);
+    if (g === undefined) return undefined;
+    if (g === ZERO) return null;
+    const seg = findSegment(this.segments, g);
+    const out = Buffer.allocUnsafe(PAGE_SIZE);
+    try {
+      readExactlySync(seg.fh.fd, out, 0, PAGE_SIZE, slotOffset(g - seg.base));
+    } catch (e) {
+      throw ioError(e, `reading page 0x${addr.toString(16)}`, seg.path);
+    }
+    return out;
+  }
+
   /** Rewrites the live pages into one segment (see the header); resolves when done or when there was nothing to do. */
   compact(): Promise<void> {
     this.assertOpen();

@@ -125,6 +125,8 @@ export class Standby extends EventEmitter {
   #restoredRunning = false;
   #criu = '';
   #promoting: Promise<PromotionResult> | undefined;
+  /** A lazy restore's page transfer still reading the store. */
+  #lazyTransfer: Promise<unknown> | undefined;
 
   private constructor(o: StandbyOptions) {
     super();
@@ -204,6 +206,12 @@ export class Standby extends EventEmitter {
     if (this.#watchTimer) clearInterval(this.#watchTimer);
     if (this.#reapTimer) clearInterval(this.#reapTimer);
     await this.#promoting?.catch(() => undefined);
+    // A lazily restored process still gets pages from the store: wait for the transfer
+    // (bounded), or it would read zeros and be killed.
+    if (this.#lazyTransfer) {
+      this.#log.info('waiting for the lazy page transfer to finish before closing the store');
+      await Promise.race([this.#lazyTransfer, new Promise((r) => setTimeout(r, 120_000))]);
+    }
     await this.#server.close();
     await this.#session?.finished;
     await this.#writeStatus(false);
@@ -288,7 +296,7 @@ export class Standby extends EventEmitter {
    * Restores the last committed epoch here (see failover/promoter.ts). Idempotent while
    * one is running; after a promotion, new primaries are refused.
    */
-  promote(reason = 'manual', detectionMs = 0): Promise<PromotionResult> {
+  promote(reason = 'manual', detectionMs = 0, override: Partial<PromotionOptions> = {}): Promise<PromotionResult> {
     if (this.#promoting) return this.#promoting;
     this.#role = 'promoting';
     this.#armed = false;
@@ -298,14 +306,16 @@ export class Standby extends EventEmitter {
     session?.link.close('standby promoting');
     void this.#writeStatus();
     const criu = this.#o.promotion?.criu ?? this.#criu;
-    this.#promoting = (async () => {
+    const run = (async (): Promise<PromotionResult> => {
       // The session may still be applying what arrived before the link closed: let it
       // finish (it commits a complete batch or aborts a partial one) so that the image is
       // built from one committed epoch, not from a store that changes underneath.
       await session?.finished;
-      const r = criu
-        ? await promote(this.#store, this.dir, { ...this.#o.promotion, criu, logger: this.#log }, detectionMs)
-        : { ok: false, outcome: 'failed' as const, pid: null, epoch: this.#store.committed?.epoch ?? 0, lineage: '', generation: 0, attempts: 0, errors: ['no CRIU: promotion needs CRIU 4.2+'], timings: { detectionMs, fenceMs: 0, buildMs: 0, restoreMs: 0, healthMs: 0, totalMs: detectionMs } };
+      const onLazyFailure = (why: string) => { if (!this.#closed) void this.#afterLazyFailure(why); };
+      const onLazyTransfer = (done: Promise<unknown>) => { this.#lazyTransfer = done.catch(() => undefined); };
+      const r: PromotionResult = criu
+        ? await promote(this.#store, this.dir, { ...this.#o.promotion, criu, logger: this.#log, onLazyFailure, onLazyTransfer, ...override }, detectionMs)
+        : { ok: false, outcome: 'failed', lazy: false, pid: null, epoch: this.#store.committed?.epoch ?? 0, lineage: '', generation: 0, attempts: 0, errors: ['no CRIU: promotion needs CRIU 4.2+'], timings: { detectionMs, fenceMs: 0, buildMs: 0, restoreMs: 0, healthMs: 0, totalMs: detectionMs } };
       this.#promotion = { ...r, at: Date.now(), reason };
       if (r.outcome === 'fenced-out') {
         this.#role = 'standby'; // nothing was done: a later attempt may succeed
@@ -320,7 +330,23 @@ export class Standby extends EventEmitter {
       await this.#writeStatus();
       return r;
     })();
-    return this.#promoting;
+    this.#promoting = run;
+    return run;
+  }
+
+  /**
+   * The lazy transfer of a promoted process failed: the process was killed (it would have
+   * read zeros). Restore again, eagerly, from the same committed epoch.
+   */
+  async #afterLazyFailure(why: string): Promise<void> {
+    await this.#promoting?.catch(() => undefined);
+    this.#log.error({ why }, 'the lazily restored process had to be killed: restoring again without lazy pages');
+    if (this.#reapTimer) clearInterval(this.#reapTimer);
+    const old = this.#promotion?.pid;
+    if (old) for (let i = 0; i < 200 && !native().reapChild(old); i++) await new Promise((r) => setTimeout(r, 10));
+    this.#promoting = undefined;
+    this.#role = 'standby';
+    await this.promote(`lazy transfer failed (${why}): eager restore`, 0, { lazy: false });
   }
 
   /** Reaps the restored process when it exits (we are its subreaper). */

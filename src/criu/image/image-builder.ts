@@ -59,6 +59,12 @@ export interface BuildEpochImageOptions {
   strictPages?: boolean;
   /** Leave all-zero source pages of anonymous mappings out of the image. Default true. */
   omitZeroPages?: boolean;
+  /**
+   * Build for a lazy restore (`criu restore --lazy-pages` with a page server): pages of
+   * anonymous private memory are listed LAZY without data; source entries may carry
+   * LAZY_DATA, and `fetch` gives the data where the image needs it after all.
+   */
+  lazy?: { fetch: (addr: bigint) => Buffer | null };
 }
 
 export interface BuildTimings {
@@ -295,7 +301,7 @@ async function build(o: BuildEpochImageOptions, started: { out: boolean }): Prom
     try {
       const r = await writePages({
         vmas: planned, base: basePagemap, basePages, source: o.pages, out,
-        strict: o.strictPages ?? false, omitZeroPages: o.omitZeroPages ?? true,
+        strict: o.strictPages ?? false, omitZeroPages: o.omitZeroPages ?? true, lazy: o.lazy,
       });
       pageStats = r.stats;
       await writeFile(join(outDir, `pagemap-${pid}.img`), serializeImage(newImage(Magic.PAGEMAP, [basePagemap.head, ...r.entries])));

@@ -83,8 +83,10 @@ export function fileRun(fd: number, vaddr: bigint, pages: number, offset: number
 }
 
 /**
- * A source over runs of pages, per process: binary search for the first run, then copies.
- * Runs of one process must not overlap (they are sorted here).
+ * A source over runs of pages, per process: binary search for the first run, then copies;
+ * zeros between runs. Runs of one process must not overlap (they are sorted here). A request
+ * for a PID it has no runs for throws (the connection drops, the daemon fails), unless it was
+ * built from a plain array or with `anyPid` and one process.
  */
 export class RunsPageSource implements LazyPageSource {
   readonly #byPid = new Map<number, PageRun[]>();
@@ -117,7 +119,9 @@ export class RunsPageSource implements LazyPageSource {
 
   readInto(out: Buffer, addr: bigint, nrPages: number, pid: number): void {
     if (out.length < nrPages * PAGE_SIZE) throw new RangeError(`buffer of ${out.length} bytes for ${nrPages} pages`);
-    const runs = this.#byPid.get(pid) ?? this.#fallback ?? [];
+    // A process we know nothing of is an error, not zeros: zeros would restore it silently wrong.
+    const runs = this.#byPid.get(pid) ?? this.#fallback;
+    if (!runs) throw new RangeError(`no pages for process ${pid}`);
     const end = addr + BigInt(nrPages) * PAGE;
     // First run that ends after addr.
     let lo = 0;
