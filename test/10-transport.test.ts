@@ -44,8 +44,8 @@ function endMsg(): EndMsg {
     state: {
       pid: 4242,
       threads: [
-        { tid: 4242, gpregs: randomBytes(216), xsave: randomBytes(2696), sigmask: 0xffff_ffff_ffff_ffffn, restart: 'restart' },
-        { tid: 4243, gpregs: randomBytes(216), xsave: randomBytes(2696), sigmask: 0n, restart: 'none' },
+        { tid: 4242, gpregs: randomBytes(216), xsave: randomBytes(2696), sigmask: 0xffff_ffff_ffff_ffffn, restart: 'restart', rseq: { addr: 0x7f00_0000_1000n, size: 32 } },
+        { tid: 4243, gpregs: randomBytes(216), xsave: randomBytes(2696), sigmask: 0n, restart: 'none', rseq: { addr: 0x7f00_0000_1000n, size: 32 } },
       ],
       vmas: [
         { start: 0x5555_0000_0000n, end: 0x5555_0002_1000n, perms: 'rw-p', offset: 0n, dev: '00:00', inode: 0, path: '[heap]' },

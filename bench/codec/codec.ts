@@ -20,7 +20,9 @@ import { native, type DeltaEncodeStats, type NativeShadowCache } from '../../src
 import { percentile } from '../../src/util/stats.js';
 import { captureNode, captureRedis } from '../../test/codec/capture.js';
 import { StoreModel, heapLikePage, mulberry32, randomPage, replay, type Corpus } from '../../test/codec/helpers.js';
-import { fmt, machine, table, updateDocSection, writeJson } from '../lib/report.js';
+import { Figures, type PlotSink, type RunContext, type Scenario, type ScenarioOutput, type ScenarioResult } from '../lib/harness.js';
+import { barsWithRange } from '../lib/plot.js';
+import { figureTable, fmt, provenance, table } from '../lib/report.js';
 
 const P = 4096;
 const FRAME = 256;
@@ -41,6 +43,9 @@ interface MethodRow {
   encodeGBs: number; decodeGBs: number;
   /** Wall clock (benchmark.js), with its margin of error. */
   encodeWallGBs: number; decodeWallGBs: number; encodeRme: number; decodeRme: number;
+  /** Per core, over the timed ops: the fastest and the slowest. */
+  encodeGBsMin: number; encodeGBsMax: number; decodeGBsMin: number; decodeGBsMax: number;
+  cpuSamples: number;
   rawBytes: number; wireBytes: number; ratio: number; wirePercent: number;
 }
 
@@ -124,19 +129,19 @@ function corpusWorkload(c: Corpus, what: string): Workload {
 interface Timing {
   /** benchmark.js: wall-clock seconds per op, and its relative margin of error (%). */
   mean: number; rme: number;
-  /** CPU seconds of this thread per op (the same fn, timed with CLOCK_THREAD_CPUTIME_ID). */
-  cpu: number;
+  /** CPU seconds of this thread per op (the same fn, timed with CLOCK_THREAD_CPUTIME_ID): median, min, max over the ops. */
+  cpu: number; cpuMin: number; cpuMax: number; cpuSamples: number;
 }
 
 function bench(name: string, fn: () => void, quick: boolean): Timing {
   const b = new Benchmark(name, fn, { maxTime: quick ? 0.5 : 2, minSamples: quick ? 5 : 15 });
   b.run();
   if (b.error) throw b.error;
-  return { mean: b.stats.mean, rme: b.stats.rme, cpu: cpuTime(fn, quick) };
+  return { mean: b.stats.mean, rme: b.stats.rme, ...cpuTime(fn, quick) };
 }
 
 /** CPU time per op of the calling thread: a core's cost, whatever else the machine runs. */
-function cpuTime(fn: () => void, quick: boolean): number {
+function cpuTime(fn: () => void, quick: boolean): { cpu: number; cpuMin: number; cpuMax: number; cpuSamples: number } {
   const clock = native().codecBench.threadCpuNs;
   const samples: number[] = [];
   let spent = 0;
@@ -147,7 +152,7 @@ function cpuTime(fn: () => void, quick: boolean): number {
     samples.push(dt);
     spent += dt;
   }
-  return percentile(samples, 50) / 1e9;
+  return { cpu: percentile(samples, 50) / 1e9, cpuMin: Math.min(...samples) / 1e9, cpuMax: Math.max(...samples) / 1e9, cpuSamples: samples.length };
 }
 
 function gbs(bytes: number, seconds: number): number { return bytes / seconds / 1e9; }
@@ -160,6 +165,8 @@ function runMethods(w: Workload, quick: boolean, log: (s: string) => void): Meth
     const r: MethodRow = {
       workload: w.name, method, encodeGBs: gbs(raw, enc.cpu), decodeGBs: gbs(raw, dec.cpu),
       encodeWallGBs: gbs(raw, enc.mean), decodeWallGBs: gbs(raw, dec.mean), encodeRme: enc.rme, decodeRme: dec.rme,
+      encodeGBsMin: gbs(raw, enc.cpuMax), encodeGBsMax: gbs(raw, enc.cpuMin), decodeGBsMin: gbs(raw, dec.cpuMax), decodeGBsMax: gbs(raw, dec.cpuMin),
+      cpuSamples: Math.min(enc.cpuSamples, dec.cpuSamples),
       rawBytes: raw, wireBytes: wire, ratio: raw / wire, wirePercent: (100 * wire) / raw,
     };
     rows.push(r);
@@ -292,7 +299,7 @@ function corpusEncodeTime(c: Corpus, quick: boolean): Timing {
   cache.close();
   const med = percentile(times, 50);
   const dev = (percentile(times, 90) - percentile(times, 10)) / 2;
-  return { mean: med, rme: (100 * dev) / med, cpu: percentile(cpus, 50) };
+  return { mean: med, rme: (100 * dev) / med, cpu: percentile(cpus, 50), cpuMin: Math.min(...cpus), cpuMax: Math.max(...cpus), cpuSamples: cpus.length };
 }
 
 function encodeEpoch(cache: NativeShadowCache, e: Corpus['epochs'][number]): DeltaEncodeStats[] {
@@ -398,7 +405,7 @@ function crcCost(quick: boolean): { hardwareNs: number; portableNs: number; impl
   return { hardwareNs: (hw.mean / 64) * 1e9, portableNs: (sw.mean / 64) * 1e9, implementation: n.codecInfo().crc32c };
 }
 
-export async function runCodecBench(opts: { quick: boolean; log: (s: string) => void }): Promise<void> {
+export async function runCodec(opts: RunContext): Promise<ScenarioOutput<CodecData>> {
   const { quick, log } = opts;
   const pages = quick ? 1024 : 4096;
   log(`capturing corpora (redis-server under redis-benchmark SET, a Node.js process)`);
@@ -410,11 +417,13 @@ export async function runCodecBench(opts: { quick: boolean; log: (s: string) => 
     corpusWorkload(node, `a Node.js process updating a Map of 20 000 objects: ${node.epochs.length - 1} epochs of 100 ms after a full copy`),
   ];
   const rows: MethodRow[] = [];
-  for (const w of workloads) {
+  for (const [k, w] of workloads.entries()) {
+    opts.progress(k, workloads.length + 3, `workload ${w.name}: ${w.pages} pages`);
     log(`workload ${w.name}: ${w.pages} pages`);
     rows.push(...runMethods(w, quick, log));
   }
   const sparse = workloads.find((w) => w.name === 'sparse')!;
+  opts.progress(workloads.length, workloads.length + 3, 'async path, design measurements');
   log('async path (thread pool) on the sparse workload');
   const asyncSparse = await asyncPath(sparse);
   log(`  encode ${fmt(asyncSparse.encodeGBs)} GB/s, decode ${fmt(asyncSparse.decodeGBs)} GB/s`);
@@ -432,24 +441,70 @@ export async function runCodecBench(opts: { quick: boolean; log: (s: string) => 
   const met = {
     encode: goals.encodeSparseGBs >= 4, decode: goals.decodeSparseGBs >= 8, redis: goals.redisRatio >= 20, incompressible: goals.randomWirePercent <= 100.5,
   };
-  const command = 'npm run bench -- --only codec';
-  const result = { name: 'codec', machine: machine(), command, quick, pagesPerSyntheticWorkload: pages, framePages: FRAME, rows, asyncSparse, tuning: tune, eviction: evict, crc, goals, met,
-    codecInfo: native().codecInfo() };
-  const json = writeJson('codec', result);
-  log(`wrote ${json}`);
-  const m = result.machine;
+  const F = new Figures('codec');
+  for (const w of workloads) {
+    const lz4 = rows.find((r) => r.workload === w.name && r.method === 'LZ4, whole pages')!;
+    const lz4Enc = F.add({ what: `${w.name}: encode per core`, config: 'LZ4, whole pages', unit: 'GB/s', values: [lz4.encodeGBsMin, lz4.encodeGBs, lz4.encodeGBsMax], better: 'higher', over: `timed ops (${lz4.cpuSamples}+; median, slowest, fastest)` });
+    const lz4Wire = F.add({ what: `${w.name}: smaller than raw`, config: 'LZ4, whole pages', unit: '×', values: [lz4.ratio], better: 'higher', over: 'workload' });
+    for (const r of rows.filter((x) => x.workload === w.name && x.method !== 'LZ4, whole pages')) {
+      const e = F.add({ what: `${w.name}: encode per core`, config: r.method, unit: 'GB/s', values: [r.encodeGBsMin, r.encodeGBs, r.encodeGBsMax], better: 'higher', over: `timed ops (${r.cpuSamples}+; median, slowest, fastest)` }, { figure: lz4Enc });
+      e.runs = r.cpuSamples;
+      F.add({ what: `${w.name}: smaller than raw`, config: r.method, unit: '×', values: [r.ratio], better: 'higher', over: 'workload' }, { figure: lz4Wire });
+    }
+    for (const r of rows.filter((x) => x.workload === w.name)) {
+      const d = F.add({ what: `${w.name}: decode per core`, config: r.method, unit: 'GB/s', values: [r.decodeGBsMin, r.decodeGBs, r.decodeGBsMax], better: 'higher', over: 'timed ops (median, slowest, fastest)' });
+      d.runs = r.cpuSamples;
+    }
+    lz4Enc.runs = lz4.cpuSamples;
+  }
+  return {
+    figures: F.list,
+    data: { pagesPerSyntheticWorkload: pages, framePages: FRAME, workloads: workloads.map((w) => ({ name: w.name, what: w.what, pages: w.pages })), rows, asyncSparse, tuning: tune, eviction: evict, crc, goals, met, codecInfo: native().codecInfo() },
+  };
+}
+
+export interface CodecData {
+  pagesPerSyntheticWorkload: number; framePages: number;
+  workloads: Array<{ name: string; what: string; pages: number }>;
+  rows: MethodRow[];
+  asyncSparse: { encodeGBs: number; decodeGBs: number };
+  tuning: TuningRow[]; eviction: EvictionRow[];
+  crc: { hardwareNs: number; portableNs: number; implementation: string };
+  goals: { encodeSparseGBs: number; decodeSparseGBs: number; redisRatio: number; randomWirePercent: number };
+  met: { encode: boolean; decode: boolean; redis: boolean; incompressible: boolean };
+  codecInfo: { crc32c: string; diff: string };
+}
+
+export function renderCodec(r: ScenarioResult<CodecData>, plot: PlotSink): string {
+  const { rows, asyncSparse, tuning: tune, eviction: evict, crc, goals, met, workloads, codecInfo } = r.data;
+  const pages = r.data.pagesPerSyntheticWorkload;
   const yes = (b: boolean) => (b ? 'met' : '**not met**');
-  updateDocSection('codec', [
-    '## Page-delta codec: throughput per core and size on the wire',
+  const methods = ['memcpy', 'LZ4, whole pages', 'XBZRLE (QEMU-style)', 'page-delta (this codec)'];
+  const order = workloads.map((w) => w.name);
+  const noMemcpy = rows.filter((x) => x.method !== 'memcpy');
+  return [
+    '## 4. Codec micro-benchmarks: throughput per core and size on the wire',
     '',
-    `Command: \`${command}\` (quick: \`--quick\`). Machine: ${m.cpu}, ${m.cores} cores, kernel ${m.kernel}, commit ${m.commit}, ${String(m.date).slice(0, 10)}. Raw data: \`bench/results/codec.json\`. CRC-32C: ${result.codecInfo.crc32c}; diff: ${result.codecInfo.diff}.`,
+    provenance(r),
     '',
-    `Each workload is sent in frames of ${FRAME} pages (one \`pages\` message each). GB/s are of dirty pages (4096 bytes each), with the codec\'s synchronous entry points on one thread (the service runs the same code on libuv\'s pool). **Per core**: bytes over the CPU time the thread spent (CLOCK_THREAD_CPUTIME_ID, median op), what one core does whatever else runs; **wall**: benchmark.js\'s mean wall-clock time per op, ± its relative margin of error (the corpora\'s page-delta encode: a timed replay, median, ± half the 10–90 % spread). The goals are judged per core. "Wire" counts everything the method puts in a message: for this codec the whole batch (addresses inside), for LZ4 the block plus 8 bytes of address per page (as the \'lz4\' codec sends them), for XBZRLE what QEMU sends (8-byte page header, 3 bytes of encoding header, the encoding; whole pages when it does not fit; unchanged pages skipped). Decode is the standby's path: checking the whole batch (parse: LZ4, checksum, every entry), copying each base page into its slot of the output (as the decoder does with what the store returns) and applying in place, with the version check of every delta. Synthetic workloads: ${pages} pages with two versions each, every op goes from one version to the other. Shared 2-core machine: other work ran at the same time, so single figures vary by ±20 % from run to run.`,
+    `CRC-32C: ${codecInfo.crc32c}; diff: ${codecInfo.diff}. Each workload is sent in frames of ${FRAME} pages (one \`pages\` message each). GB/s are of dirty pages (4096 bytes each), with the codec's synchronous entry points on one thread (the service runs the same code on libuv's pool). **Per core**: bytes over the CPU time the thread spent (CLOCK_THREAD_CPUTIME_ID), median op with the slowest and fastest op; what one core does whatever else runs; **wall**: benchmark.js's mean wall-clock time per op, ± its relative margin of error (the corpora's page-delta encode: a timed replay, median, ± half the 10–90 % spread). The goals are judged per core. "Wire" counts everything the method puts in a message: for this codec the whole batch (addresses inside), for LZ4 the block plus 8 bytes of address per page (as the 'lz4' codec sends them), for XBZRLE what QEMU sends (8-byte page header, 3 bytes of encoding header, the encoding; whole pages when it does not fit; unchanged pages skipped). Decode is the standby's path: checking the whole batch (parse: LZ4, checksum, every entry), copying each base page into its slot of the output and applying in place, with the version check of every delta. Synthetic workloads: ${pages} pages with two versions each, every op goes from one version to the other.`,
     '',
     ...workloads.map((w) => `- **${w.name}**: ${w.what}.`),
     '',
-    table(['workload', 'method', 'encode GB/s per core', 'decode GB/s per core', 'encode GB/s wall', 'decode GB/s wall', 'wire / raw', 'smaller than raw'],
-      rows.map((r) => [r.workload, r.method, fmt(r.encodeGBs), fmt(r.decodeGBs), `${fmt(r.encodeWallGBs)} ±${fmt(r.encodeRme, 0)} %`, `${fmt(r.decodeWallGBs)} ±${fmt(r.decodeRme, 0)} %`, `${fmt(r.wirePercent, 2)} %`, `${fmt(r.ratio, 1)}x`])),
+    plot('encode', barsWithRange({
+      title: 'Encode throughput per core', subtitle: 'median op, rule = slowest–fastest op; log scale',
+      data: rows.map((x) => ({ workload: x.workload, method: x.method, value: x.encodeGBs, min: x.encodeGBsMin, max: x.encodeGBsMax })),
+      x: 'workload', xTitle: null, y: 'value', yTitle: 'GB/s per core', color: 'method', colorTitle: '', xOrder: order, colorOrder: methods, yLog: true, width: { step: 60 },
+    }), 'Encode throughput per core, per workload and method'),
+    '',
+    plot('wire', barsWithRange({
+      title: 'Size on the wire: how many times smaller than raw', subtitle: 'log scale; memcpy = 1',
+      data: noMemcpy.map((x) => ({ workload: x.workload, method: x.method, value: x.ratio, min: x.ratio, max: x.ratio })),
+      x: 'workload', xTitle: null, y: 'value', yTitle: 'raw / wire', color: 'method', colorTitle: '', xOrder: order, colorOrder: methods.slice(1), yLog: true, width: { step: 48 },
+    }), 'Compression ratio per workload and method'),
+    '',
+    table(['workload', 'method', 'encode GB/s per core (slowest–fastest op)', 'decode GB/s per core (slowest–fastest op)', 'encode GB/s wall', 'decode GB/s wall', 'wire / raw', 'smaller than raw'],
+      rows.map((x) => [x.workload, x.method, `${fmt(x.encodeGBs)} (${fmt(x.encodeGBsMin)}–${fmt(x.encodeGBsMax)})`, `${fmt(x.decodeGBs)} (${fmt(x.decodeGBsMin)}–${fmt(x.decodeGBsMax)})`, `${fmt(x.encodeWallGBs)} ±${fmt(x.encodeRme, 0)} %`, `${fmt(x.decodeWallGBs)} ±${fmt(x.decodeRme, 0)} %`, `${fmt(x.wirePercent, 2)} %`, `${fmt(x.ratio, 1)}x`])),
     '',
     `Through the async API (DeltaPageEncoder / DeltaPageDecoder, libuv's pool, bases read from a Map, one frame at a time) on the sparse workload: encode ${fmt(asyncSparse.encodeGBs)} GB/s, decode ${fmt(asyncSparse.decodeGBs)} GB/s (the thread-pool hand-offs and the per-page readBase calls included).`,
     '',
@@ -472,5 +527,19 @@ export async function runCodecBench(opts: { quick: boolean; log: (s: string) => 
       evict.map((e) => [fmt(e.zipf, 1), e.workingSet, `${fmt(100 * e.lruHit, 1)} %`, `${fmt(100 * e.clockHit, 1)} %`, fmt(e.lruUs, 0), fmt(e.clockUs, 0)])),
     '',
     `CRC-32C of a page (the version check), JS call included: ${fmt(crc.hardwareNs, 0)} ns with SSE4.2 (three interleaved crc32 streams), ${fmt(crc.portableNs, 0)} ns portable (slice-by-8).`,
-  ].join('\n'));
+    '',
+    '<details><summary>The figures as stored in the JSON (encode compared with LZ4 of whole pages)</summary>',
+    '',
+    figureTable(r.figures),
+    '',
+    '</details>',
+  ].join('\n');
 }
+
+export const codecScenario: Scenario<CodecData> = {
+  name: 'codec',
+  title: '4. Codec micro-benchmarks',
+  summary: 'page-delta codec against memcpy, LZ4 and XBZRLE: GB/s per core and size on the wire, synthetic and captured pages',
+  run: runCodec,
+  render: renderCodec,
+};

@@ -9,11 +9,11 @@ import type { PromotionResult } from '../../src/failover/promoter.js';
 import { native } from '../../src/native/binding.js';
 import { Standby } from '../../src/standby/standby.js';
 import { readSecretFile, writeSecretFile } from '../../src/transport/security.js';
-import { percentile } from '../../src/util/stats.js';
 import { buildTargets } from '../../test/helpers/build-targets.js';
-import { CliProcess } from '../../test/helpers/cli-process.js';
 import { field, query, startCounter, waitGone } from '../../test/helpers/counter.js';
-import { fmt, machine, table, updateDocSection, writeJson } from '../lib/report.js';
+import { Figures, median, type PlotSink, type RunContext, type Scenario, type ScenarioOutput, type ScenarioResult } from '../lib/harness.js';
+import { cleanup, startCli } from '../lib/processes.js';
+import { figureTable, fmt, provenance, table } from '../lib/report.js';
 
 export interface FailoverSample {
   sizeMiB: number; killToServingMs: number; detectionMs: number; buildMs: number; restoreMs: number; healthMs: number;
@@ -34,11 +34,13 @@ async function once(sizeMiB: number, work: string, log: (s: string) => void): Pr
   const key = join(dir, 'key');
   writeSecretFile(key, { force: true });
   const c = await startCounter(dir, 'c', ['--pages', String(pages), '--fill', '--writers', '1']);
+  const offC = cleanup.pid(c.pid, 'counter target');
   const sb = await Standby.start({
     host: '127.0.0.1', port: 0, dir: join(dir, 'standby'), security: { kind: 'psk', key: readSecretFile(key) }, heartbeatMs: 50,
     detector: { kind: 'phi', heartbeatMs: 50 }, promotion: { health: { kind: 'tcp', host: '127.0.0.1', port: c.port }, healthTimeoutMs: 30_000 },
   });
-  const pr = new CliProcess(['--pid', String(c.pid), '--to', `127.0.0.1:${sb.port}`, '--secret-file', key, '--epoch', '100ms', '--heartbeat', '50ms']);
+  const offSb = cleanup.fn('standby', () => sb.stop());
+  const pr = startCli(['--pid', String(c.pid), '--to', `127.0.0.1:${sb.port}`, '--secret-file', key, '--epoch', '100ms', '--heartbeat', '50ms'], 'replicate primary');
   let restoredPid: number | null = null;
   try {
     await pr.next('synced', 300_000);
@@ -51,6 +53,7 @@ async function once(sizeMiB: number, work: string, log: (s: string) => void): Pr
     const r = await promotedP;
     if (r.outcome !== 'restored') throw new Error(`promotion failed: ${r.errors.join(' | ')}`);
     restoredPid = r.pid;
+    if (restoredPid) cleanup.pid(restoredPid, 'restored counter');
     let reply = '';
     for (;;) {
       try { reply = await query(c.port, 'get', 2000); break; } catch { await sleep(1); }
@@ -62,52 +65,105 @@ async function once(sizeMiB: number, work: string, log: (s: string) => void): Pr
   } finally {
     await pr.stop('SIGKILL');
     await sb.stop();
+    offSb();
     if (restoredPid) await killRestored(restoredPid);
     await c.kill().catch(() => undefined);
     await waitGone(c.pid).catch(() => undefined);
+    offC();
     rmSync(dir, { recursive: true, force: true });
   }
 }
 
-export async function runFailoverBench(opts: { quick: boolean; log: (s: string) => void }): Promise<void> {
+export interface FailoverData { runs: number; sizes: number[]; samples: FailoverSample[]; rows: FailoverRow[] }
+export interface FailoverRow {
+  sizeMiB: number; runs: number; totalMs: number; totalMin: number; totalMax: number;
+  detectionMs: number; buildMs: number; restoreMs: number; healthMs: number;
+}
+
+export async function runFailover(opts: RunContext): Promise<ScenarioOutput<FailoverData>> {
   await buildTargets();
   const sizes = [64, 1024];
   const runs = opts.quick ? 2 : 5;
   const work = mkdtempSync(join(tmpdir(), 'remus-bench-failover-'));
+  const offWork = cleanup.dir(work);
   const samples: FailoverSample[] = [];
   try {
     for (let i = 0; i < runs; i++) {
       for (const size of sizes) {
-        opts.log(`failover run ${i + 1}/${runs}, ${size} MiB`);
+        opts.progress(i * sizes.length + sizes.indexOf(size), runs * sizes.length, `run ${i + 1}/${runs}, ${size} MiB`);
         samples.push(await once(size, work, opts.log));
       }
     }
   } finally {
     rmSync(work, { recursive: true, force: true });
+    offWork();
   }
-  const med = (xs: number[]) => percentile(xs, 50);
-  const rows = sizes.map((size) => {
+  const med = (xs: number[]) => median(xs);
+  const F = new Figures('failover');
+  const rows: FailoverRow[] = sizes.map((size) => {
     const ss = samples.filter((s) => s.sizeMiB === size);
     const col = (k: keyof FailoverSample) => ss.map((s) => Number(s[k]));
+    const config = `${size} MiB target`;
+    F.add({ what: 'failover time (SIGKILL to the first answer of the restored process)', config, unit: 'ms', values: col('killToServingMs'), better: 'lower', over: 'runs' });
+    F.add({ what: 'detection', config, unit: 'ms', values: col('detectionMs'), better: 'lower', over: 'runs' });
+    F.add({ what: 'image building', config, unit: 'ms', values: col('buildMs'), better: 'lower', over: 'runs' });
+    F.add({ what: 'criu restore', config, unit: 'ms', values: col('restoreMs'), better: 'lower', over: 'runs' });
+    F.add({ what: 'health check', config, unit: 'ms', values: col('healthMs'), better: 'lower', over: 'runs' });
     return {
       sizeMiB: size, runs: ss.length,
       totalMs: med(col('killToServingMs')), totalMin: Math.min(...col('killToServingMs')), totalMax: Math.max(...col('killToServingMs')),
       detectionMs: med(col('detectionMs')), buildMs: med(col('buildMs')), restoreMs: med(col('restoreMs')), healthMs: med(col('healthMs')),
     };
   });
-  const result = { name: 'failover', machine: machine(), command: 'npm run bench -- --only failover', runs, samples, rows };
-  opts.log(`wrote ${writeJson('failover', result)}`);
-  const big = rows.find((r) => r.sizeMiB === 1024)!;
-  updateDocSection('failover', [
-    '## Failover time',
+  return { figures: F.list, data: { runs, sizes, samples, rows } };
+}
+
+export function renderFailover(r: ScenarioResult<FailoverData>, plot: PlotSink): string {
+  const { rows, runs } = r.data;
+  const big = rows.find((x) => x.sizeMiB === 1024);
+  const parts = rows.flatMap((x) => [
+    { target: `${x.sizeMiB} MiB`, part: '1 detection', ms: x.detectionMs },
+    { target: `${x.sizeMiB} MiB`, part: '2 image building', ms: x.buildMs },
+    { target: `${x.sizeMiB} MiB`, part: '3 criu restore', ms: x.restoreMs },
+    { target: `${x.sizeMiB} MiB`, part: '4 health check', ms: x.healthMs },
+    { target: `${x.sizeMiB} MiB`, part: '5 the rest (promotion bookkeeping, first request)', ms: Math.max(0, x.totalMs - x.detectionMs - x.buildMs - x.restoreMs - x.healthMs) },
+  ]);
+  return [
+    '## 5. Failover time: detection, image building, restore',
     '',
-    `Command: \`npm run bench -- --only failover\` (quick: \`--quick\`). Machine: ${result.machine.cpu}, ${result.machine.cores} cores, kernel ${result.machine.kernel}, commit ${result.machine.commit}, ${String(result.machine.date).slice(0, 10)}. Raw data: \`bench/results/failover.json\`.`,
+    provenance(r),
     '',
-    `The target is test/targets/counter with every page of its array written (64 MiB or 1 GiB) and one writer thread; a \`replicate\` primary process at 100 ms epochs and 50 ms heartbeats; a standby (phi accrual, threshold 8) with a TCP health check on the target's port. Each run SIGKILLs the primary agent and the target at once and measures from the kill to the first answer of the restored process on its port. ${runs} runs per size; medians with min–max.`,
+    `The target is test/targets/counter with every page of its array written (64 MiB or 1 GiB) and one writer thread; a \`replicate\` primary process at 100 ms epochs and 50 ms heartbeats; a standby (phi accrual, threshold 8) with a TCP health check on the target's port. Each run SIGKILLs the primary agent and the target at once and measures from the kill to the first answer of the restored process on its port. ${runs} runs per size; medians with min–max (the parts: medians of each part).`,
     '',
     table(['target', 'kill → serving ms (min–max)', 'detection ms', 'image building ms', 'criu restore ms', 'health check ms'],
-      rows.map((r) => [`${r.sizeMiB} MiB`, `${fmt(r.totalMs, 0)} (${fmt(r.totalMin, 0)}–${fmt(r.totalMax, 0)})`, fmt(r.detectionMs, 0), fmt(r.buildMs, 0), fmt(r.restoreMs, 0), fmt(r.healthMs, 0)])),
+      rows.map((x) => [`${x.sizeMiB} MiB`, `${fmt(x.totalMs, 0)} (${fmt(x.totalMin, 0)}–${fmt(x.totalMax, 0)})`, fmt(x.detectionMs, 0), fmt(x.buildMs, 0), fmt(x.restoreMs, 0), fmt(x.healthMs, 0)])),
     '',
-    `**Goal: at most 300 ms in total for the 1 GiB target.** Measured: ${fmt(big.totalMs, 0)} ms (${big.totalMs <= 300 ? 'met' : 'not met'}).`,
-  ].join('\n'));
+    plot('split', {
+      title: { text: 'Failover time, split', subtitle: 'SIGKILL of agent and target to the first answer of the restored process; medians' },
+      data: { values: parts }, width: 420, height: { step: 30 },
+      mark: { type: 'bar', tooltip: true },
+      encoding: {
+        y: { field: 'target', type: 'nominal', title: null },
+        x: { field: 'ms', type: 'quantitative', title: 'ms', stack: 'zero' },
+        color: { field: 'part', type: 'nominal', title: null, sort: 'ascending' },
+        order: { field: 'part', type: 'nominal', sort: 'ascending' },
+      },
+    }, 'Failover time split into detection, image building, restore and health check'),
+    '',
+    big ? `**Goal: at most 300 ms in total for the 1 GiB target.** Measured: ${fmt(big.totalMs, 0)} ms (${big.totalMs <= 300 ? 'met' : 'not met'}).` : '',
+    '',
+    '<details><summary>The figures as stored in the JSON</summary>',
+    '',
+    figureTable(r.figures, 0),
+    '',
+    '</details>',
+  ].join('\n');
 }
+
+export const failoverScenario: Scenario<FailoverData> = {
+  name: 'failover',
+  title: '5. Failover time: detection, image building, restore',
+  summary: 'SIGKILL of agent and target, 64 MiB and 1 GiB: detection, image building, restore, health check',
+  run: runFailover,
+  render: renderFailover,
+};

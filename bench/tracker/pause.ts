@@ -11,13 +11,17 @@ import { percentile } from '../../src/util/stats.js';
 import { buildTargets } from '../../test/helpers/build-targets.js';
 import { Target } from '../../test/helpers/target.js';
 import { mulberry32, randomSubset } from '../../test/helpers/tracking.js';
-import { fmt, machine, table, updateDocSection, writeJson } from '../lib/report.js';
+import { Figures, summary, type PlotSink, type RunContext, type Scenario, type ScenarioOutput, type ScenarioResult, type Summary } from '../lib/harness.js';
+import { figureTable, fmt, provenance, table } from '../lib/report.js';
 
 export interface PauseRow {
   backend: BackendName; sizeMiB: number; percent: number; dirtyPages: number; samples: number;
   pauseP50Ms: number; pauseP99Ms: number; pauseMaxMs: number;
   freezeMs: number; captureMs: number; scanMs: number; readMs: number; thawMs: number;
   floorP50Ms: number; floorP99Ms: number; ratioP50: number; ratioP99: number;
+  pauseMinMs: number; floorMinMs: number; floorMaxMs: number;
+  /** pause / floor of each sample (same dirty set): median, min, max. */
+  ratio: Summary;
 }
 
 const ms = (ns: number) => ns / 1e6;
@@ -74,6 +78,8 @@ async function measure(backend: BackendName, pages: number, percent: number, sam
       freezeMs: p50(parts.freeze), captureMs: p50(parts.capture), scanMs: p50(parts.scan), readMs: p50(parts.read), thawMs: p50(parts.thaw),
       floorP50Ms: p50(floor), floorP99Ms: percentile(floor, 99),
       ratioP50: p50(pause) / p50(floor), ratioP99: percentile(pause, 99) / percentile(floor, 99),
+      pauseMinMs: Math.min(...pause), floorMinMs: Math.min(...floor), floorMaxMs: Math.max(...floor),
+      ratio: summary(pause.map((x, i) => x / floor[i]!)),
     };
   } finally {
     await tracker.close();
@@ -99,7 +105,13 @@ async function firstWriteCost(backend: BackendName, pages: number): Promise<{ ba
   } finally { await t.kill(); }
 }
 
-export async function runPauseBench(opts: { quick: boolean; log: (s: string) => void }): Promise<void> {
+export interface PauseData {
+  rows: PauseRow[];
+  firstWrite: Array<{ backend: BackendName; untrackedNsPerPage: number; trackedNsPerPage: number; extraNsPerPage: number }>;
+  unavailable: Array<{ backend: string; reason: string }>;
+}
+
+export async function runPause(opts: RunContext): Promise<ScenarioOutput<PauseData>> {
   await buildTargets();
   const sizes = [16384, 262144]; // 64 MiB, 1 GiB
   const percents = [0.1, 1, 10, 100];
@@ -107,33 +119,78 @@ export async function runPauseBench(opts: { quick: boolean; log: (s: string) => 
   const rows: PauseRow[] = [];
   const unavailable: Array<{ backend: string; reason: string }> = [];
   const costs = [];
-  for (const backend of ['uffd-wp', 'soft-dirty', 'hash'] as BackendName[]) {
+  const backends = (['uffd-wp', 'soft-dirty', 'hash'] as BackendName[]).filter((backend) => {
     const c = chooseBackend(backend);
-    if (!c.available) { unavailable.push({ backend, reason: c.reason }); opts.log(`${backend}: unavailable (${c.reason})`); continue; }
+    if (!c.available) { unavailable.push({ backend, reason: c.reason }); opts.log(`${backend}: unavailable (${c.reason})`); }
+    return c.available;
+  });
+  const total = backends.length * (sizes.length * percents.length + 1);
+  let done = 0;
+  for (const backend of backends) {
     for (const pages of sizes) {
       for (const percent of percents) {
         const samples = backend === 'hash' ? (opts.quick ? 5 : 10) : percent <= 1 ? (opts.quick ? 50 : 200) : (opts.quick ? 10 : 30);
-        opts.log(`${backend} ${(pages * 4) / 1024} MiB ${percent}%: ${samples} epochs`);
+        opts.progress(done, total, `${backend} ${(pages * 4) / 1024} MiB, ${percent} % written: ${samples} epochs`);
         const row = await measure(backend, pages, percent, samples, rnd);
-        opts.log(`  pause p50 ${fmt(row.pauseP50Ms, 3)} ms p99 ${fmt(row.pauseP99Ms, 3)} ms, floor p50 ${fmt(row.floorP50Ms, 3)} ms (x${fmt(row.ratioP50)})`);
+        done++;
+        opts.log(`${backend} ${(pages * 4) / 1024} MiB ${percent}%: pause p50 ${fmt(row.pauseP50Ms, 3)} ms p99 ${fmt(row.pauseP99Ms, 3)} ms, floor p50 ${fmt(row.floorP50Ms, 3)} ms (x${fmt(row.ratioP50)})`);
         rows.push(row);
       }
     }
+    opts.progress(done, total, `${backend}: first write to a tracked page`);
     costs.push(await firstWriteCost(backend, 65536));
+    done++;
   }
-  const result = { name: 'tracker-pause', machine: machine(), command: 'npm run bench -- --only tracker-pause', rows, firstWrite: costs, unavailable };
-  const json = writeJson('tracker-pause', result);
-  opts.log(`wrote ${json}`);
-  const goal = rows.find((r) => r.backend === 'uffd-wp' && r.sizeMiB === 1024 && r.percent === 1);
-  updateDocSection('tracker-pause', [
-    '## Pause per epoch against the dirty set (tracker)',
+  const F = new Figures('tracker-pause');
+  for (const r of rows) {
+    const config = `${r.backend}, ${r.sizeMiB} MiB target, ${r.percent} % written (${r.dirtyPages} pages)`;
+    // Medians over the epochs with min and max; the ratio per epoch against the floor measured on the same dirty set.
+    const floor = F.add({ what: 'physical floor (one PAGEMAP_SCAN walk + process_vm_readv of the same pages)', config, unit: 'ms', values: [r.floorMinMs, r.floorP50Ms, r.floorMaxMs], better: 'lower', over: `epochs (${r.samples}; median, min, max as measured)` });
+    const f = F.add({ what: 'pause per epoch', config, unit: 'ms', values: [r.pauseMinMs, r.pauseP50Ms, r.pauseMaxMs], better: 'lower', over: `epochs (${r.samples}; median, min, max as measured)` }, { figure: floor });
+    f.ratio = r.ratio;
+    f.runs = r.samples; floor.runs = r.samples;
+    F.add({ what: 'pause per epoch, p99', config, unit: 'ms', values: [r.pauseP99Ms], better: 'lower', over: 'epochs (p99)' });
+  }
+  for (const c of costs) F.add({ what: 'extra cost of the first write to a tracked page', config: c.backend, unit: 'ns/page', values: [c.extraNsPerPage], better: 'lower', over: 'run (median of 5 loops)' });
+  return { figures: F.list, data: { rows, firstWrite: costs, unavailable } };
+}
+
+export function renderPause(r: ScenarioResult<PauseData>, plot: PlotSink): string {
+  const { rows, firstWrite: costs, unavailable } = r.data;
+  const goal = rows.find((x) => x.backend === 'uffd-wp' && x.sizeMiB === 1024 && x.percent === 1);
+  const points = rows.flatMap((x) => [
+    { series: `${x.backend}, ${x.sizeMiB} MiB: pause`, dirtyPages: x.dirtyPages, ms: x.pauseP50Ms, min: x.pauseMinMs, max: x.pauseMaxMs, kind: 'pause' },
+    { series: `${x.backend}, ${x.sizeMiB} MiB: floor`, dirtyPages: x.dirtyPages, ms: x.floorP50Ms, min: x.floorMinMs, max: x.floorMaxMs, kind: 'floor' },
+  ]);
+  return [
+    '## 1. Pause per epoch against the dirty set (tracker), with the physical floor',
     '',
-    `Command: \`npm run bench -- --only tracker-pause\` (quick: \`--quick\`). Machine: ${result.machine.cpu}, ${result.machine.cores} cores, kernel ${result.machine.kernel}, commit ${result.machine.commit}, ${String(result.machine.date).slice(0, 10)}. Raw data: \`bench/results/tracker-pause.json\`.`,
+    provenance(r),
     '',
-    'Each sample: the target (test/targets/dirtier, every page populated) writes a random p % of its pages, then one epoch: freeze every thread, capture registers, layout and brk, find the dirty pages and re-arm, read them, thaw. The **floor** is measured in the same run on the same dirty set, without freezing: the target writes the same pages again, then one `PAGEMAP_SCAN` fast-path walk over the region finds and re-protects them and one thread reads exactly those pages with `process_vm_readv`: what any tracker must at least spend. (For hash, whose memory is not registered, the floor is the read alone.) Ratios are pause / floor; below 1 means the epoch beat a single-threaded floor (pages are read by two threads while the target is frozen).',
+    'Each sample: the target (test/targets/dirtier, every page populated) writes a random p % of its pages, then one epoch: freeze every thread, capture registers, layout and brk, find the dirty pages and re-arm, read them, thaw. The **floor** is measured in the same run on the same dirty set, without freezing: the target writes the same pages again, then one `PAGEMAP_SCAN` fast-path walk over the region finds and re-protects them and one thread reads exactly those pages with `process_vm_readv`: what any tracker must at least spend. (For hash, whose memory is not registered, the floor is the read alone.) Ratios are pause / floor of the same sample: median (min–max) over the samples; below 1 means the epoch beat a single-threaded floor (pages are read by two threads while the target is frozen).',
     '',
-    table(['backend', 'target', 'written', 'pages', 'pause p50 ms', 'pause p99 ms', 'max ms', 'freeze', 'capture', 'scan', 'read', 'thaw', 'floor p50 ms', 'p50 / floor', 'p99 / floor p99'],
-      rows.map((r) => [r.backend, `${r.sizeMiB} MiB`, `${r.percent} %`, r.dirtyPages, fmt(r.pauseP50Ms, 3), fmt(r.pauseP99Ms, 3), fmt(r.pauseMaxMs, 3), fmt(r.freezeMs, 3), fmt(r.captureMs, 3), fmt(r.scanMs, 3), fmt(r.readMs, 3), fmt(r.thawMs, 3), fmt(r.floorP50Ms, 3), fmt(r.ratioP50), fmt(r.ratioP99)])),
+    plot('pause', {
+      title: { text: 'Pause per epoch against pages written, and the physical floor', subtitle: 'median over epochs, rule = min–max; log–log' },
+      data: { values: points }, width: 520, height: 300,
+      layer: [
+        { mark: { type: 'line', point: true, tooltip: true }, encoding: {
+          x: { field: 'dirtyPages', type: 'quantitative', scale: { type: 'log' }, title: 'pages written in the epoch (4 KiB)' },
+          y: { field: 'ms', type: 'quantitative', scale: { type: 'log' }, title: 'ms' },
+          color: { field: 'series', type: 'nominal', title: null },
+          strokeDash: { field: 'kind', type: 'nominal', title: null, scale: { domain: ['pause', 'floor'], range: [[1, 0], [4, 3]] } },
+        } },
+        { mark: { type: 'rule' }, encoding: {
+          x: { field: 'dirtyPages', type: 'quantitative', scale: { type: 'log' } },
+          y: { field: 'min', type: 'quantitative' }, y2: { field: 'max' },
+          color: { field: 'series', type: 'nominal' },
+        } },
+      ],
+    }, 'Pause per epoch against pages written, with the physical floor'),
+    '',
+    table(['backend', 'target', 'written', 'pages', 'pause p50 ms (min–max)', 'pause p99 ms', 'freeze', 'capture', 'scan', 'read', 'thaw', 'floor p50 ms (min–max)', 'pause / floor (min–max)', 'p99 / floor p99'],
+      rows.map((x) => [x.backend, `${x.sizeMiB} MiB`, `${x.percent} %`, x.dirtyPages, `${fmt(x.pauseP50Ms, 3)} (${fmt(x.pauseMinMs, 3)}–${fmt(x.pauseMaxMs, 3)})`, fmt(x.pauseP99Ms, 3),
+        fmt(x.freezeMs, 3), fmt(x.captureMs, 3), fmt(x.scanMs, 3), fmt(x.readMs, 3), fmt(x.thawMs, 3), `${fmt(x.floorP50Ms, 3)} (${fmt(x.floorMinMs, 3)}–${fmt(x.floorMaxMs, 3)})`,
+        x.ratio ? `${fmt(x.ratio.median)} (${fmt(x.ratio.min)}–${fmt(x.ratio.max)})` : fmt(x.ratioP50), fmt(x.ratioP99)])),
     '',
     '(freeze, capture, scan, read, thaw: p50 in ms.)',
     '',
@@ -141,10 +198,25 @@ export async function runPauseBench(opts: { quick: boolean; log: (s: string) => 
     '',
     '### First write to a tracked page',
     '',
-    'The target writes 65 536 pages (256 MiB) and times the loop itself (`wrt`), untracked, then right after each epoch re-armed tracking.',
+    'The target writes 65 536 pages (256 MiB) and times the loop itself (`wrt`), untracked, then right after each epoch re-armed tracking (median of 5 loops each).',
     '',
     table(['backend', 'untracked ns/page', 'tracked ns/page', 'extra ns per first write'], costs.map((c) => [c.backend, fmt(c.untrackedNsPerPage, 0), fmt(c.trackedNsPerPage, 0), fmt(c.extraNsPerPage, 0)])),
     '',
     unavailable.length ? `Not measured: ${unavailable.map((u) => `${u.backend} (${u.reason})`).join('; ')}.` : '',
-  ].join('\n'));
+    '',
+    '<details><summary>The figures as stored in the JSON</summary>',
+    '',
+    figureTable(r.figures, 3),
+    '',
+    '</details>',
+  ].join('\n');
 }
+
+export const pauseScenario: Scenario<PauseData> = {
+  name: 'tracker-pause',
+  aliases: ['pause'],
+  title: '1. Pause per epoch against the dirty set (tracker)',
+  summary: 'pause per epoch against pages written, 64 MiB and 1 GiB, every backend, with the physical floor',
+  run: runPause,
+  render: renderPause,
+};

@@ -44,6 +44,19 @@ ThreadRegisters CaptureRegisters(pid_t pid, pid_t tid, size_t xsave_size) {
   out.xsave.resize(iov.iov_len);
   if (ptrace(PTRACE_GETSIGMASK, tid, reinterpret_cast<void*>(sizeof(out.sigmask)), &out.sigmask) != 0)
     ThrowSys(pid, "get_registers", errno, "PTRACE_GETSIGMASK of thread " + std::to_string(tid));
+  // Linux 5.13+; older kernels (EIO) simply report none.
+  struct {
+    uint64_t rseq_abi_pointer;
+    uint32_t rseq_abi_size;
+    uint32_t signature;
+    uint32_t flags;
+    uint32_t pad;
+  } rseq{};
+  if (ptrace(static_cast<__ptrace_request>(0x420f /* PTRACE_GET_RSEQ_CONFIGURATION */), tid,
+             reinterpret_cast<void*>(sizeof(rseq)), &rseq) > 0) {
+    out.rseq_addr = rseq.rseq_abi_pointer;
+    out.rseq_size = rseq.rseq_abi_size;
+  }
   return out;
 }
 

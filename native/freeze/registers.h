@@ -21,6 +21,10 @@ struct ThreadRegisters {
   uint64_t sigmask = 0;           // blocked signals
   SyscallRestart restart = SyscallRestart::kNone;
   int pending_signal = 0;
+  // The thread's registered rseq area (0 if none): the kernel rewrites its cpu id fields
+  // whenever the thread resumes on another CPU, so its bytes may differ from a capture.
+  uint64_t rseq_addr = 0;
+  uint32_t rseq_size = 0;
 };
 
 // Reads general-purpose registers, the XSAVE area (`xsave_size` bytes) and the signal mask.

@@ -95,6 +95,8 @@ Napi::Value EpochToJs(Napi::Env env, EpochData& d, const std::shared_ptr<BufferP
     th.Set("sigmask", Big(env, r.sigmask));
     th.Set("restart", Napi::String::New(env, RestartName(r.restart)));
     th.Set("pendingSignal", Napi::Number::New(env, r.pending_signal));
+    th.Set("rseqAddr", Big(env, r.rseq_addr));
+    th.Set("rseqSize", Napi::Number::New(env, r.rseq_size));
     threads[i] = th;
   }
   o.Set("threads", threads);

@@ -9,6 +9,12 @@
  * no --shell-job) and execs CMD; the keeper reaps it and exits with its status
  * (128 + signal when killed), so nothing is left for a slow init to reap.
  * Signals SIGTERM, SIGINT and SIGHUP sent to the keeper are forwarded to the command.
+ *
+ *   replicate-keeper --die-with-parent -- CMD ARGS...
+ *
+ * Another use: no fork; the keeper arranges to be killed (SIGKILL) when its parent dies,
+ * then execs CMD in its place. For helpers that must not outlive the agent that started
+ * them (a `criu lazy-pages` daemon kept ready by a standby that is then SIGKILLed).
  */
 #define _GNU_SOURCE
 #include <errno.h>
@@ -27,6 +33,19 @@ static void forward(int sig) {
 
 int main(int argc, char **argv) {
   int at = 1;
+  if (at < argc && strcmp(argv[at], "--die-with-parent") == 0) {
+    pid_t parent = getppid();
+    at++;
+    if (at < argc && strcmp(argv[at], "--") == 0) at++;
+    if (at >= argc) {
+      fprintf(stderr, "usage: replicate-keeper --die-with-parent -- CMD ARGS...\n");
+      return 2;
+    }
+    if (prctl(PR_SET_PDEATHSIG, SIGKILL) != 0 || getppid() != parent) return 125; /* parent already gone */
+    execvp(argv[at], argv + at);
+    fprintf(stderr, "replicate-keeper: cannot run %s: %s\n", argv[at], strerror(errno));
+    return 127;
+  }
   if (at < argc && strcmp(argv[at], "--") == 0) at++;
   if (at >= argc) {
     fprintf(stderr, "usage: replicate-keeper -- CMD ARGS...\n");

@@ -42,6 +42,8 @@ export type ReadBase = (addr: bigint) => Promise<Buffer | null>;
 export interface PageDecoder {
   /** `readBase` is needed for codec 'delta' (the pages the deltas apply to). */
   decode(msg: EncodedPages, readBase?: ReadBase): Promise<DecodedPages>;
+  /** Optional: the decoded pages' memory may be reused (the caller has stored them). */
+  release?(d: DecodedPages): void;
 }
 
 /** u64 little-endian addresses as a Buffer (a view, no copy). */

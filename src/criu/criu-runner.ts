@@ -2,6 +2,7 @@
 // writes its story to a log file; when it fails we quote the log's errors, which say far
 // more than its exit code.
 import { execFile } from 'node:child_process';
+import { readdirSync, readFileSync } from 'node:fs';
 import { readFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { ReplicateError } from '../errors.js';
@@ -91,6 +92,9 @@ export async function criuRestore(o: RestoreOptions): Promise<CriuResult & { pid
   const ms = performance.now() - t0;
   const log = await readFile(join(o.dir, 'restore.log'), 'utf8').catch(() => r.stderr);
   if (r.code !== 0) {
+    // A restore that failed or was cut off by the timeout can leave its forks behind,
+    // waiting on each other for ever: end them (they are ours: criu restore of this dir).
+    killRestoreLeftovers(o.dir);
     const why = criuErrors(log);
     const pidTaken = /File exists|EEXIST|pid.*(taken|busy)|Can't fork for \d+/i.test(log);
     throw new RestoreError(`criu restore failed (exit ${r.code}): ${why.join(' | ') || r.stderr.trim() || 'see ' + join(o.dir, 'restore.log')}`, pidTaken);
@@ -98,6 +102,21 @@ export async function criuRestore(o: RestoreOptions): Promise<CriuResult & { pid
   const pid = Number((await readFile(pidfile, 'utf8')).trim());
   if (!Number.isInteger(pid) || pid <= 0) throw new RestoreError(`criu restore wrote no PID to ${pidfile}`, false);
   return { ms, log, pid };
+}
+
+/** SIGKILLs every `criu restore -D dir` process (the forks of a failed restore of `dir`). */
+export function killRestoreLeftovers(dir: string): number[] {
+  const killed: number[] = [];
+  for (const name of readdirSync('/proc')) {
+    if (!/^\d+$/.test(name)) continue;
+    let argv: string[];
+    try { argv = readFileSync(`/proc/${name}/cmdline`, 'utf8').split('\0'); } catch { continue; }
+    const d = argv.indexOf('-D');
+    if (argv[1] === 'restore' && d > 0 && argv[d + 1] === dir) {
+      try { process.kill(Number(name), 'SIGKILL'); killed.push(Number(name)); } catch { /* gone */ }
+    }
+  }
+  return killed;
 }
 
 export class RestoreError extends Error {

@@ -13,9 +13,11 @@
 //    no standby will ever see; SIGKILL of the service;
 // 6. the standby detects the silence, builds the image of its last committed epoch and
 //    restores the process (same PID, same listening socket);
-// 7. the restored service is asked for its state: it must be exactly the committed one;
+// 7. the restored service is asked for its state: it must be exactly the committed one
+//    (after a lazy restore, the demo also waits until every page is in place);
 // 8. everything started is stopped by PID and the temp dirs are removed, also on Ctrl-C
 //    or failure. Exit 0 only when step 7 matched.
+// REPLICATE_DEMO_DEBUG=1 prints the standby's and the primary's logs at the end.
 import { closeSync, existsSync, mkdirSync, mkdtempSync, openSync, readFileSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -263,6 +265,7 @@ class Demo {
     // runs: only once that is over may the restored process stop (or the standby go).
     if (promoted.lazy) {
       const ms = await this.#lazyTransferDone(sb, tPromoted);
+      if (!isOurs(svc.pid, MARKER)) throw new DemoFailure(`the restored process ${svc.pid} died during the lazy page transfer${sb.stderr ? `:\n${sb.stderrTail()}` : ''}`);
       out.event('lazy-transfer', { done: ms !== null, sincePromotedMs: ms },
         `  ${ms !== null ? out.ok(`every page in place ${fmtMs(ms)} after the promotion (streamed in the background by criu lazy-pages)`) : out.bad('the lazy page transfer did not finish within 30 s')}`);
     }
@@ -406,7 +409,9 @@ class Demo {
     if (this.standby) {
       const spawned = this.standby.alive ? descendants(this.standby.pid).filter((d) => !(this.keepRestored && d.pid === this.restoredPid)) : [];
       if (this.standby.alive) stopped.push(this.standby.pid);
-      await this.standby.stop('SIGTERM', 15_000);
+      // A promotion in progress may take a while to finish; otherwise a standby has no reason to linger.
+      const promoting = this.standby.events.some((e) => e.event === 'promoting') && !this.standby.events.some((e) => e.event === 'promoted');
+      await this.standby.stop('SIGTERM', promoting ? 20_000 : 5000);
       for (const d of spawned) {
         if (d.pid === svc?.pid || !d.cmdline || cmdlineOf(d.pid) !== d.cmdline) continue; // the service is below; gone or reused
         killQuietly(d.pid);

@@ -9,6 +9,7 @@
 // after a promotion). If the daemon or the server fails before the end, the process would
 // read zeros where its pages were: it is killed, and the caller falls back to an eager restore.
 import { closeSync, openSync, readSync } from 'node:fs';
+import { copyFile, mkdir, readdir, rm } from 'node:fs/promises';
 import { join } from 'node:path';
 import { criuRestore } from '../criu/criu-runner.js';
 import { Magic, readImage } from '../criu/image/index.js';
@@ -65,61 +66,110 @@ export interface LazyRestore {
   stop(): Promise<void>;
 }
 
-export async function restoreLazily(o: {
-  criu: string; imageDir: string; baseDir: string; store: EpochStore; pid: number; shellJob?: boolean; tcpClose?: boolean;
-  onFailure?: (why: string) => void;
-}): Promise<LazyRestore> {
-  const base = await BasePages.open(o.baseDir, o.pid);
-  const server = await LazyPageServer.listen({
-    // Newest content first: the store's page (null: it is zero), else the base's, else zeros.
-    source: lookupPageSource((addr) => {
-      const p = o.store.readPageSync(addr);
-      return p === undefined ? base.read(addr) ?? null : p;
-    }),
-  });
-  let daemon: LazyPagesDaemon | undefined;
-  const t0 = performance.now();
-  try {
-    daemon = await startLazyPagesDaemon({ criu: o.criu, imagesDir: o.imageDir, port: server.port });
-  } catch (e) {
-    await server.close();
-    base.close();
-    throw e;
+/**
+ * A lazy restore made ready ahead of time: the directory holds the base's inventory and
+ * process tree, `criu lazy-pages` already listens there and our page server is up, so a
+ * promotion only builds the rest of the image and runs `criu restore`. Starting the daemon
+ * takes 50-250 ms that a failover does not have to spend. One use: restore() once, then
+ * close() (or close() without restoring when a newer base makes it stale).
+ */
+export class LazyRestorer {
+  readonly dir: string;
+  readonly baseId: string;
+  readonly daemonReadyMs: number;
+  readonly #criu: string;
+  readonly #base: BasePages;
+  readonly #server: LazyPageServer;
+  readonly #daemon: LazyPagesDaemon;
+  #used = false;
+  #closed = false;
+
+  private constructor(o: { criu: string; dir: string; baseId: string; base: BasePages; server: LazyPageServer; daemon: LazyPagesDaemon; daemonReadyMs: number }) {
+    this.#criu = o.criu;
+    this.dir = o.dir;
+    this.baseId = o.baseId;
+    this.#base = o.base;
+    this.#server = o.server;
+    this.#daemon = o.daemon;
+    this.daemonReadyMs = o.daemonReadyMs;
   }
-  const daemonReadyMs = performance.now() - t0;
-  let restored: { pid: number; ms: number };
-  try {
-    restored = await criuRestore({ criu: o.criu, dir: o.imageDir, lazyPages: true, shellJob: o.shellJob, tcpClose: o.tcpClose, timeoutMs: 30_000 });
-  } catch (e) {
-    const tail = await daemon.logTail(8);
-    await daemon.stop();
-    await server.close();
-    base.close();
-    throw new Error(`${(e as Error).message}; criu lazy-pages log: ${tail.replace(/\n/g, ' | ')}`, { cause: e });
-  }
-  const tTransfer = performance.now();
-  const d = daemon;
-  const stop = async () => {
-    await d.stop();
-    await server.close();
-    base.close();
-  };
-  const done = (async () => {
-    type Outcome = { ok: boolean; error?: string };
-    const outcome: Outcome = await Promise.race([
-      server.finished.then((): Outcome => ({ ok: true }), (e: Error): Outcome => ({ ok: false, error: `page server: ${e.message}` })),
-      d.exited.then(async (code): Promise<Outcome> => (code === 0 ? { ok: true } : { ok: false, error: `criu lazy-pages exited ${code}: ${await d.logTail(5)}` })),
-    ]);
-    const stats = server.stats;
-    if (!outcome.ok) {
-      // Pages not yet served would read as zeros: the process must not run on.
-      try { process.kill(restored.pid, 'SIGKILL'); } catch { /* gone */ }
-      o.onFailure?.(outcome.error ?? 'lazy transfer failed');
+
+  static async prepare(o: { criu: string; dir: string; baseDir: string; baseId: string; store: EpochStore; pid: number }): Promise<LazyRestorer> {
+    await rm(o.dir, { recursive: true, force: true });
+    await mkdir(o.dir, { recursive: true, mode: 0o700 });
+    // The base's files, but its pages: the daemon reads inventory and pstree when it starts,
+    // and a promotion then rewrites the few files an epoch changes instead of copying all.
+    for (const n of await readdir(o.baseDir)) {
+      if (/^pages-\d+\.img$/.test(n) || !n.endsWith('.img')) continue;
+      await copyFile(join(o.baseDir, n), join(o.dir, n));
     }
-    // The daemon exits once it has transferred everything.
-    await Promise.race([d.exited, new Promise((r) => setTimeout(r, 2000))]);
-    await stop();
-    return { ...outcome, pagesServed: stats.pagesServed, ms: performance.now() - tTransfer };
-  })();
-  return { pid: restored.pid, restoreMs: restored.ms, daemonReadyMs, done, stop };
+    const base = await BasePages.open(o.baseDir, o.pid);
+    const server = await LazyPageServer.listen({
+      // Newest content first: the store's page (null: it is zero), else the base's, else zeros.
+      source: lookupPageSource((addr) => {
+        const p = o.store.readPageSync(addr);
+        return p === undefined ? base.read(addr) ?? null : p;
+      }),
+    });
+    const t0 = performance.now();
+    let daemon: LazyPagesDaemon;
+    try {
+      daemon = await startLazyPagesDaemon({ criu: o.criu, imagesDir: o.dir, port: server.port });
+    } catch (e) {
+      await server.close();
+      base.close();
+      await rm(o.dir, { recursive: true, force: true });
+      throw e;
+    }
+    return new LazyRestorer({ criu: o.criu, dir: o.dir, baseId: o.baseId, base, server, daemon, daemonReadyMs: performance.now() - t0 });
+  }
+
+  /** The daemon still waits for a restore. */
+  get ready(): boolean {
+    return !this.#used && !this.#closed && this.#daemon.child.exitCode === null && this.#daemon.child.signalCode === null;
+  }
+
+  /** `criu restore --lazy-pages` of the image the caller built in `dir`. */
+  async restore(o: { shellJob?: boolean; tcpClose?: boolean; onFailure?: (why: string) => void }): Promise<LazyRestore> {
+    if (!this.ready) throw new Error('this lazy restore was used, closed, or its daemon died');
+    this.#used = true;
+    const d = this.#daemon;
+    const server = this.#server;
+    let restored: { pid: number; ms: number };
+    try {
+      restored = await criuRestore({ criu: this.#criu, dir: this.dir, lazyPages: true, shellJob: o.shellJob, tcpClose: o.tcpClose, timeoutMs: 30_000 });
+    } catch (e) {
+      const tail = await d.logTail(8);
+      await this.close();
+      throw new Error(`${(e as Error).message}; criu lazy-pages log: ${tail.replace(/\n/g, ' | ')}`, { cause: e });
+    }
+    const tTransfer = performance.now();
+    const done = (async () => {
+      type Outcome = { ok: boolean; error?: string };
+      const outcome: Outcome = await Promise.race([
+        server.finished.then((): Outcome => ({ ok: true }), (e: Error): Outcome => ({ ok: false, error: `page server: ${e.message}` })),
+        d.exited.then(async (code): Promise<Outcome> => (code === 0 ? { ok: true } : { ok: false, error: `criu lazy-pages exited ${code}: ${await d.logTail(5)}` })),
+      ]);
+      const stats = server.stats;
+      if (!outcome.ok) {
+        // Pages not yet served would read as zeros: the process must not run on.
+        try { process.kill(restored.pid, 'SIGKILL'); } catch { /* gone */ }
+        o.onFailure?.(outcome.error ?? 'lazy transfer failed');
+      }
+      // The daemon exits once it has transferred everything.
+      await Promise.race([d.exited, new Promise((r) => setTimeout(r, 2000))]);
+      await this.close();
+      return { ...outcome, pagesServed: stats.pagesServed, ms: performance.now() - tTransfer };
+    })();
+    return { pid: restored.pid, restoreMs: restored.ms, daemonReadyMs: this.daemonReadyMs, done, stop: () => this.close() };
+  }
+
+  async close(): Promise<void> {
+    if (this.#closed) return;
+    this.#closed = true;
+    await this.#daemon.stop();
+    await this.#server.close();
+    this.#base.close();
+    await rm(this.dir, { recursive: true, force: true }).catch(() => undefined);
+  }
 }

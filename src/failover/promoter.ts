@@ -7,11 +7,11 @@
 //   -> health check; a failed restore or check is retried (3 attempts in all), then
 //      --fallback-cmd cold-starts the service and the failure is reported loudly.
 import { existsSync, readFileSync } from 'node:fs';
-import { mkdir, readdir, readFile, rm } from 'node:fs/promises';
+import { mkdir, readdir, readFile, rename, rm } from 'node:fs/promises';
 import { join } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { criuRestore, RestoreError } from '../criu/criu-runner.js';
-import { buildEpochImage, LAZY_DATA } from '../criu/image/index.js';
+import { buildEpochImage } from '../criu/image/index.js';
 import { silentLogger, type Logger } from '../log/logger.js';
 import { native } from '../native/binding.js';
 import { BASE_META, type BaseMeta } from '../primary/base-image.js';
@@ -20,7 +20,7 @@ import { baseDir } from '../standby/base-images.js';
 import type { EpochStore } from '../standby/epoch-store.js';
 import { describeHealthCheck, waitHealthy, type HealthCheck } from './health-check.js';
 import { runHook } from './hooks.js';
-import { restoreLazily } from './lazy-restore.js';
+import { LazyRestorer, type LazyRestore } from './lazy-restore.js';
 
 export interface PromotionOptions {
   criu: string;
@@ -48,6 +48,8 @@ export interface PromotionOptions {
   onLazyFailure?: (why: string) => void;
   /** Called with the transfer's end when a restore is lazy: the store must stay open until then. */
   onLazyTransfer?: (done: Promise<unknown>) => void;
+  /** A lazy restore prepared ahead for this base (see LazyRestorer), taken if it is ready. */
+  warm?: () => LazyRestorer | undefined;
   logger?: Logger;
 }
 
@@ -55,6 +57,10 @@ export interface PromotionTimings {
   /** From the last sign of life of the primary to the decision (0 for a manual promotion). */
   detectionMs: number;
   fenceMs: number;
+  /** Everything else before the image: raising the generation (an fsync), reading the base's note. */
+  prepareMs: number;
+  /** Starting `criu lazy-pages` (lazy restores). */
+  daemonMs: number;
   buildMs: number;
   restoreMs: number;
   healthMs: number;
@@ -77,7 +83,7 @@ export interface PromotionResult {
   imageDir?: string;
 }
 
-function defaultRestoreRoot(dir: string): string {
+export function defaultRestoreRoot(dir: string): string {
   return existsSync('/dev/shm') ? '/dev/shm/remus-replicate' : join(dir, 'restore');
 }
 
@@ -116,7 +122,7 @@ export async function promote(store: EpochStore, dir: string, o: PromotionOption
   const t0 = performance.now();
   const c = store.committed;
   const errors: string[] = [];
-  const timings: PromotionTimings = { detectionMs, fenceMs: 0, buildMs: 0, restoreMs: 0, healthMs: 0, totalMs: 0 };
+  const timings: PromotionTimings = { detectionMs, fenceMs: 0, prepareMs: 0, daemonMs: 0, buildMs: 0, restoreMs: 0, healthMs: 0, totalMs: 0 };
   let lazyUsed = false;
   const result = (r: Omit<PromotionResult, 'timings' | 'errors' | 'lazy'>): PromotionResult => {
     timings.totalMs = detectionMs + (performance.now() - t0);
@@ -138,8 +144,12 @@ export async function promote(store: EpochStore, dir: string, o: PromotionOption
       return result({ ok: false, outcome: 'fenced-out', pid: null, epoch: c.epoch, lineage: c.lineage, generation: c.generation, attempts: 0 });
     }
   }
+  const tPrep = performance.now();
   const generation = c.generation + 1;
-  await store.setGeneration(generation);
+  // Durable before anything is restored (a stale primary is refused from then on), but
+  // written while the image is built.
+  const generationSet = store.setGeneration(generation);
+  generationSet.catch(() => undefined);
   if (o.onRoleChange) void runHook(o.onRoleChange, { ...hookEnv, role: 'promoting', generation });
 
   const base = c.state.base ? baseDir(dir, c.state.base) : '';
@@ -149,11 +159,12 @@ export async function promote(store: EpochStore, dir: string, o: PromotionOption
   await mkdir(root, { recursive: true, mode: 0o700 });
   try { native().setChildSubreaper(); } catch (e) { log.warn({ err: (e as Error).message }, 'cannot become a subreaper: the restored process will be re-parented to init'); }
 
+  timings.prepareMs = performance.now() - tPrep;
   const attempts = o.attempts ?? 3;
   let lazyFailed = false;
   for (let attempt = 1; attempt <= attempts; attempt++) {
     let lazyDone: Promise<unknown> | undefined;
-    const imageDir = join(root, `img-${c.lineage.slice(0, 8)}-${c.epoch}-${process.pid}-${attempt}`);
+    let imageDir = join(root, `img-${c.lineage.slice(0, 8)}-${c.epoch}-${process.pid}-${attempt}`);
     let pid: number | null = null;
     try {
       if (!base) throw new Error('the committed epoch has no base image (the primary ran without base images): it cannot be restored');
@@ -162,25 +173,47 @@ export async function promote(store: EpochStore, dir: string, o: PromotionOption
       const taken = takenPids(c.state);
       if (taken.length) throw new RestoreError(`PIDs ${taken.join(', ')} of the process are still in use on this host`, true);
       const tb = performance.now();
-      await rm(imageDir, { recursive: true, force: true });
       // Lazy: anonymous memory is listed, not written (the page server reads the store at
-      // restore); after a lazy failure, later attempts restore eagerly.
+      // restore); after a lazy failure, later attempts restore eagerly. A restorer prepared
+      // ahead already has its daemon listening in its directory: the image goes there.
       lazyUsed = o.lazy !== false && !lazyFailed;
+      let restorer: LazyRestorer | undefined;
+      if (lazyUsed) {
+        const w = o.warm?.();
+        restorer = w && w.ready && w.baseId === c.state.base ? w : undefined;
+        if (restorer) imageDir = restorer.dir;
+        else await rm(imageDir, { recursive: true, force: true });
+      } else {
+        await rm(imageDir, { recursive: true, force: true });
+      }
       const built = await buildEpochImage({
-        baseDir: base, outDir: imageDir, state: c.state, dropFileSizes: !o.strictFileSizes,
-        ...(lazyUsed ? { pages: store.pageList(LAZY_DATA), lazy: { fetch: (a: bigint) => store.readPageSync(a) ?? null } } : { pages: store.pages() }),
+        baseDir: base, outDir: imageDir, state: c.state, dropFileSizes: !o.strictFileSizes, prepared: !!restorer,
+        ...(lazyUsed ? { lazy: { runs: store.pageRuns(), lookup: (a: bigint) => store.readPageSync(a) } } : { pages: store.pages() }),
       });
       timings.buildMs = performance.now() - tb;
       for (const n of built.notes) log.info({ note: n }, 'image');
+      log.debug({ timings: built.timings, pages: built.pages }, 'image built');
+      await generationSet;
       if (lazyUsed) {
-        let lr;
+        let lr: LazyRestore;
         try {
-          lr = await restoreLazily({
-            criu: o.criu, imageDir, baseDir: base, store, pid: c.state.pid, shellJob: meta?.shellJob, tcpClose: o.tcpClose,
-            onFailure: (why) => { log.error({ why }, 'LAZY PAGE TRANSFER FAILED: the restored process was killed'); o.onLazyFailure?.(why); },
+          if (!restorer) {
+            // Not prepared ahead: start the daemon now, in a directory of its own, and move the image there.
+            const td = performance.now();
+            const fresh = await LazyRestorer.prepare({ criu: o.criu, dir: `${imageDir}-lazy`, baseDir: base, baseId: c.state.base, store, pid: c.state.pid });
+            for (const n of await readdir(imageDir)) if (!existsSync(join(fresh.dir, n))) await rename(join(imageDir, n), join(fresh.dir, n));
+            await rm(imageDir, { recursive: true, force: true });
+            imageDir = fresh.dir;
+            restorer = fresh;
+            timings.daemonMs = performance.now() - td;
+          }
+          lr = await restorer.restore({
+            shellJob: meta?.shellJob, tcpClose: o.tcpClose,
+            onFailure: (why: string) => { log.error({ why }, 'LAZY PAGE TRANSFER FAILED: the restored process was killed'); o.onLazyFailure?.(why); },
           });
         } catch (e) {
           lazyFailed = true;
+          await restorer?.close();
           throw e;
         }
         timings.restoreMs = lr.restoreMs;
@@ -189,7 +222,6 @@ export async function promote(store: EpochStore, dir: string, o: PromotionOption
         o.onLazyTransfer?.(lr.done);
         void lr.done.then((d) => {
           log[d.ok ? 'info' : 'error']({ pages: d.pagesServed, ms: Math.round(d.ms), error: d.error }, d.ok ? 'every page is in place' : 'lazy transfer failed');
-          void rm(imageDir, { recursive: true, force: true }).catch(() => undefined);
         });
       } else {
         const r = await criuRestore({ criu: o.criu, dir: imageDir, tcpClose: o.tcpClose, shellJob: meta?.shellJob });

@@ -34,6 +34,9 @@ export interface NativeThreadState {
   /** 'restart': stopped in a syscall, rewound to re-issue it; 'interrupted': will see EINTR. */
   restart: 'none' | 'restart' | 'interrupted';
   pendingSignal: number;
+  /** The thread's rseq area (0n if none): the kernel rewrites its cpu id fields when the thread resumes elsewhere. */
+  rseqAddr: bigint;
+  rseqSize: number;
 }
 
 export interface NativeVma {

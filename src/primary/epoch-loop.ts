@@ -16,7 +16,7 @@ export interface CaptureInfo {
 export function toCaptured(e: Epoch, pid: number, base = ''): CapturedEpoch {
   const state: EpochState = {
     pid,
-    threads: e.threads.map((t) => ({ tid: t.tid, gpregs: t.gpregs, xsave: t.xsave, sigmask: t.sigmask, restart: t.restart })),
+    threads: e.threads.map((t) => ({ tid: t.tid, gpregs: t.gpregs, xsave: t.xsave, sigmask: t.sigmask, restart: t.restart, rseq: { addr: t.rseqAddr, size: t.rseqSize } })),
     vmas: e.vmas.map((v) => ({ start: v.start, end: v.end, perms: v.perms, offset: v.offset, dev: v.dev, inode: v.inode, path: v.path })),
     brk: e.brk,
     clocks: e.clocks,

@@ -8,12 +8,13 @@
 // consistent), then batches until the link fails. Then the target keeps running, the
 // agent reconnects with back-off and starts a new session with a full synchronisation.
 import { EventEmitter } from 'node:events';
-import { mkdir, rm } from 'node:fs/promises';
+import { mkdir, readdir, rm } from 'node:fs/promises';
 import { hostname, tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { randomUUID } from 'node:crypto';
 import { setTimeout as sleep } from 'node:timers/promises';
-import { Lz4PageEncoder, type PageEncoder } from '../codec/page-codec.js';
+import { DeltaPageEncoder } from '../codec/delta-codec.js';
+import type { PageEncoder } from '../codec/page-codec.js';
 import { locateCriu } from '../criu/locate.js';
 import { ReplicateError } from '../errors.js';
 import { silentLogger, type Logger } from '../log/logger.js';
@@ -62,6 +63,8 @@ export interface PrimaryOptions {
    * the standby may have promoted, and two copies must not both serve. Default: never.
    */
   selfFenceAfterMs?: number;
+  /** Bytes of last-sent page versions kept for deltas (the shadow cache). Default 64 MiB. */
+  shadowCacheBytes?: number;
   logger?: Logger;
   metrics?: ReplicationMetrics;
   encoder?: PageEncoder;
@@ -128,7 +131,7 @@ export class Primary extends EventEmitter {
   readonly pid: number;
   readonly lineage = randomUUID();
   readonly generation: number = 1;
-  readonly #o: Required<Omit<PrimaryOptions, 'logger' | 'metrics' | 'encoder' | 'backend' | 'criu' | 'workDir' | 'selfFenceAfterMs'>> & Pick<PrimaryOptions, 'backend' | 'criu' | 'workDir' | 'selfFenceAfterMs'>;
+  readonly #o: Required<Omit<PrimaryOptions, 'logger' | 'metrics' | 'encoder' | 'backend' | 'criu' | 'workDir' | 'selfFenceAfterMs' | 'shadowCacheBytes'>> & Pick<PrimaryOptions, 'backend' | 'criu' | 'workDir' | 'selfFenceAfterMs'>;
   readonly #log: Logger;
   readonly metrics: ReplicationMetrics;
   readonly #encoder: PageEncoder;
@@ -173,7 +176,7 @@ export class Primary extends EventEmitter {
     };
     this.#log = (options.logger ?? silentLogger).child({ role: 'primary', target: options.pid });
     this.metrics = options.metrics ?? new ReplicationMetrics('primary', { defaults: false });
-    this.#encoder = options.encoder ?? new Lz4PageEncoder();
+    this.#encoder = options.encoder ?? new DeltaPageEncoder({ maxBytes: options.shadowCacheBytes });
     this.#queue = new EpochQueue({ highWaterBytes: this.#o.highWaterBytes });
   }
 
@@ -187,6 +190,7 @@ export class Primary extends EventEmitter {
         throw new ReplicateError('CRIU_UNAVAILABLE', `CRIU at ${criu.path} is not usable (version ${criu.version}${criu.checkOk ? '' : ', `criu check` failed'}): failover needs CRIU 4.2+; run \`replicate check\`, or pass baseImage: false (--no-base-image) to replicate without failover`);
       p.#criu = criu.path;
       p.#workDir = options.workDir ?? join(tmpdir(), `remus-replicate-${process.pid}-${options.pid}`);
+      if (!options.workDir) await removeStaleWorkDirs(tmpdir());
       await mkdir(p.#workDir, { recursive: true, mode: 0o700 });
     }
     p.#tracker = await Tracker.attach(options.pid, { backend: options.backend });
@@ -254,6 +258,7 @@ export class Primary extends EventEmitter {
       await this.#run?.catch(() => undefined);
       this.#queue.clear();
       await this.#tracker.close();
+      (this.#encoder as { close?: () => void }).close?.();
       if (this.#base) await removeBase(this.#base).catch(() => undefined);
       if (this.#workDir) await rm(this.#workDir, { recursive: true, force: true }).catch(() => undefined);
       this.#setState('stopped');
@@ -418,6 +423,8 @@ export class Primary extends EventEmitter {
     await this.#loop.pause();
     this.#queue.clear();
     const epoch = ++this.#batchSeq;
+    // The standby starts from nothing: deltas against what an earlier session sent would be refused.
+    this.#encoder.reset?.();
     await link.send({ t: 'begin', epoch, base: 0, full: true });
     let wire = 0;
     let sent = 0;
@@ -504,6 +511,8 @@ export class Primary extends EventEmitter {
     this.#inFlight.push({ epoch, lastCapture: batch.epoch, capturedAt: batch.capturedAt, rawBytes: batch.pageCount * PAGE_SIZE, wireBytes: wire, pages });
     await link.send(endMsg(epoch, pages, batch.capturedAt, { ...batch.state, base: this.#base?.id ?? '' }));
     this.#lastSent = epoch;
+    // The standby drops pages outside the committed layout: so must the delta cache.
+    this.#encoder.retain?.(batch.state.vmas);
     return { pages };
   }
 
@@ -577,6 +586,17 @@ export class Primary extends EventEmitter {
     this.#wire += bytes;
     this.metrics.sentBytes.inc(bytes);
     return bytes;
+  }
+}
+
+/** Work directories of agents that died without cleaning up (SIGKILL): their PID is gone. */
+async function removeStaleWorkDirs(dir: string): Promise<void> {
+  for (const n of await readdir(dir).catch(() => [] as string[])) {
+    const m = /^remus-replicate-(\d+)-\d+$/.exec(n);
+    if (!m || Number(m[1]) === process.pid) continue;
+    let alive = true;
+    try { process.kill(Number(m[1]), 0); } catch (e) { alive = (e as NodeJS.ErrnoException).code === 'EPERM'; }
+    if (!alive) await rm(join(dir, n), { recursive: true, force: true }).catch(() => undefined);
   }
 }
 

@@ -36,6 +36,12 @@ export interface ThreadStateWire {
   /** Blocked-signal mask. */
   sigmask: bigint;
   restart: 'none' | 'restart' | 'interrupted';
+  /**
+   * The thread's registered rseq area (addr 0: none). The kernel rewrites its cpu id fields
+   * each time the thread resumes on another CPU, so those bytes legitimately differ from
+   * any capture; CRIU re-registers the area at restore.
+   */
+  rseq: { addr: bigint; size: number };
 }
 
 /** A line of /proc/PID/maps. (`inode` is a JS number: inodes above 2^53 are refused.) */

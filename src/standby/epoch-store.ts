@@ -452,6 +452,27 @@ export class EpochStore {
   }
 
   /**
+   * The committed pages with content (zero pages left out) as runs: [first page number,
+   * count] pairs, ascending. For building a lazy image without touching page data.
+   */
+  pageRuns(): Float64Array {
+    this.assertOpen();
+    const { keys, vals } = this.snapshot();
+    const out: number[] = [];
+    let start = -1;
+    let n = 0;
+    for (let i = 0; i < keys.length; i++) {
+      if (vals[i] === ZERO) continue;
+      const k = keys[i]!;
+      if (n > 0 && k === start + n) { n++; continue; }
+      if (n > 0) out.push(start, n);
+      start = k; n = 1;
+    }
+    if (n > 0) out.push(start, n);
+    return Float64Array.from(out);
+  }
+
+  /**
    * The committed page at `addr` (an open batch's first, as readPage), synchronously: for
    * a page server answering the kernel's page faults. null: zero page; undefined: no such page.
    */

@@ -9,7 +9,8 @@
 // the standby keeps serving.
 import { EventEmitter } from 'node:events';
 import { join } from 'node:path';
-import { Lz4PageDecoder, type PageDecoder } from '../codec/page-codec.js';
+import { DeltaPageDecoder } from '../codec/delta-codec.js';
+import type { PageDecoder } from '../codec/page-codec.js';
 import { ReplicateError } from '../errors.js';
 import { silentLogger, type Logger } from '../log/logger.js';
 import { ReplicationMetrics } from '../metrics/metrics.js';
@@ -19,9 +20,10 @@ import { listen, type Link, type LinkCloseInfo, type ListeningServer } from '../
 import type { SecurityOptions } from '../transport/security.js';
 import { locateCriu } from '../criu/locate.js';
 import { createDetector, type DetectorOptions, type FailureDetector } from '../failover/failure-detector.js';
-import { promote, type PromotionOptions, type PromotionResult } from '../failover/promoter.js';
+import { LazyRestorer } from '../failover/lazy-restore.js';
+import { defaultRestoreRoot, promote, type PromotionOptions, type PromotionResult } from '../failover/promoter.js';
 import { native } from '../native/binding.js';
-import { BaseImageWriter, pruneBases } from './base-images.js';
+import { baseDir, BaseImageWriter, pruneBases } from './base-images.js';
 import { EpochStore, type EpochBatch } from './epoch-store.js';
 
 export interface StandbyOptions {
@@ -127,6 +129,9 @@ export class Standby extends EventEmitter {
   #promoting: Promise<PromotionResult> | undefined;
   /** A lazy restore's page transfer still reading the store. */
   #lazyTransfer: Promise<unknown> | undefined;
+  /** A lazy restore prepared for the committed base (daemon listening), for a fast promotion. */
+  #warm: LazyRestorer | undefined;
+  #warming: Promise<void> = Promise.resolve();
 
   private constructor(o: StandbyOptions) {
     super();
@@ -134,7 +139,7 @@ export class Standby extends EventEmitter {
     this.dir = o.dir;
     this.#log = (o.logger ?? silentLogger).child({ role: 'standby' });
     this.metrics = o.metrics ?? new ReplicationMetrics('standby', { defaults: false });
-    this.#decoder = o.decoder ?? new Lz4PageDecoder();
+    this.#decoder = o.decoder ?? new DeltaPageDecoder();
   }
 
   static async start(o: StandbyOptions): Promise<Standby> {
@@ -170,6 +175,7 @@ export class Standby extends EventEmitter {
     s.#statusTimer.unref();
     s.#watchTimer = setInterval(() => s.#watch(), Math.max(5, Math.min(50, (o.heartbeatMs ?? 50) / 5)));
     s.#watchTimer.unref();
+    s.#keepWarm();
     await s.#writeStatus();
     return s;
   }
@@ -210,8 +216,13 @@ export class Standby extends EventEmitter {
     // (bounded), or it would read zeros and be killed.
     if (this.#lazyTransfer) {
       this.#log.info('waiting for the lazy page transfer to finish before closing the store');
-      await Promise.race([this.#lazyTransfer, new Promise((r) => setTimeout(r, 120_000))]);
+      let timer: NodeJS.Timeout | undefined;
+      await Promise.race([this.#lazyTransfer, new Promise((r) => { timer = setTimeout(r, 120_000); })]);
+      clearTimeout(timer); // else it keeps the process alive for 2 min after stop()
     }
+    // The daemon prepared for a promotion that did not happen.
+    await this.#warming;
+    if (this.#warm?.ready) await this.#warm.close();
     await this.#server.close();
     await this.#session?.finished;
     await this.#writeStatus(false);
@@ -311,11 +322,12 @@ export class Standby extends EventEmitter {
       // finish (it commits a complete batch or aborts a partial one) so that the image is
       // built from one committed epoch, not from a store that changes underneath.
       await session?.finished;
+      await this.#warming;
       const onLazyFailure = (why: string) => { if (!this.#closed) void this.#afterLazyFailure(why); };
       const onLazyTransfer = (done: Promise<unknown>) => { this.#lazyTransfer = done.catch(() => undefined); };
       const r: PromotionResult = criu
-        ? await promote(this.#store, this.dir, { ...this.#o.promotion, criu, logger: this.#log, onLazyFailure, onLazyTransfer, ...override }, detectionMs)
-        : { ok: false, outcome: 'failed', lazy: false, pid: null, epoch: this.#store.committed?.epoch ?? 0, lineage: '', generation: 0, attempts: 0, errors: ['no CRIU: promotion needs CRIU 4.2+'], timings: { detectionMs, fenceMs: 0, buildMs: 0, restoreMs: 0, healthMs: 0, totalMs: detectionMs } };
+        ? await promote(this.#store, this.dir, { ...this.#o.promotion, criu, logger: this.#log, onLazyFailure, onLazyTransfer, warm: () => this.#warm, ...override }, detectionMs)
+        : { ok: false, outcome: 'failed', lazy: false, pid: null, epoch: this.#store.committed?.epoch ?? 0, lineage: '', generation: 0, attempts: 0, errors: ['no CRIU: promotion needs CRIU 4.2+'], timings: { detectionMs, fenceMs: 0, prepareMs: 0, daemonMs: 0, buildMs: 0, restoreMs: 0, healthMs: 0, totalMs: detectionMs } };
       this.#promotion = { ...r, at: Date.now(), reason };
       if (r.outcome === 'fenced-out') {
         this.#role = 'standby'; // nothing was done: a later attempt may succeed
@@ -347,6 +359,36 @@ export class Standby extends EventEmitter {
     this.#promoting = undefined;
     this.#role = 'standby';
     await this.promote(`lazy transfer failed (${why}): eager restore`, 0, { lazy: false });
+  }
+
+  /**
+   * Keeps a lazy restore ready for the committed base (a `criu lazy-pages` daemon already
+   * listening), so that promotion does not wait for one to start. Redone when the base
+   * changes or the daemon dies; skipped when promotion is eager or impossible here.
+   */
+  #keepWarm(): void {
+    const c = this.#store.committed;
+    const criu = this.#o.promotion?.criu ?? this.#criu;
+    if (!c?.state.base || !criu || this.#o.promotion?.lazy === false || this.#role !== 'standby' || this.#closed) return;
+    if (this.#warm && this.#warm.baseId === c.state.base && this.#warm.ready) return;
+    this.#warming = this.#warming.then(async () => {
+      const cur = this.#store.committed;
+      if (!cur?.state.base || this.#role !== 'standby' || this.#closed) return;
+      if (this.#warm && this.#warm.baseId === cur.state.base && this.#warm.ready) return;
+      const old = this.#warm;
+      this.#warm = undefined;
+      await old?.close();
+      try {
+        const root = this.#o.promotion?.restoreRoot ?? defaultRestoreRoot(this.dir);
+        this.#warm = await LazyRestorer.prepare({
+          criu, dir: join(root, `warm-${cur.state.base}-${process.pid}`), baseDir: baseDir(this.dir, cur.state.base), baseId: cur.state.base,
+          store: this.#store, pid: cur.state.pid,
+        });
+        this.#log.debug({ base: cur.state.base, ms: Math.round(this.#warm.daemonReadyMs) }, 'lazy restore ready');
+      } catch (e) {
+        this.#log.warn({ err: (e as Error).message }, 'cannot prepare a lazy restore ahead; a promotion would start one');
+      }
+    });
   }
 
   /** Reaps the restored process when it exits (we are its subreaper). */
@@ -404,9 +446,11 @@ export class Standby extends EventEmitter {
   }
 
   async addPages(batch: EpochBatch, m: PagesMsg): Promise<number> {
-    const d = await this.#decoder.decode(m);
+    // Deltas apply to the newest version of a page: the open batch's, else the committed one.
+    const d = await this.#decoder.decode(m, (addr) => this.#store.readPage(addr));
     if (d.addrs.length) await batch.addPages(d.addrs, d.pages);
     if (d.zeros.length) await batch.addZeroPages(d.zeros);
+    this.#decoder.release?.(d);
     const wire = m.data.length + m.addrs.length + m.zeros.length;
     this.#raw += (d.addrs.length + d.zeros.length) * 4096;
     this.#wire += wire;
@@ -424,6 +468,7 @@ export class Standby extends EventEmitter {
     this.metrics.epochs.inc();
     this.metrics.lag.set(Math.max(0, Date.now() - m.capturedAt) / 1000);
     await pruneBases(this.dir, c.state.base || null).catch((e: Error) => this.#log.warn({ err: e.message }, 'cannot remove old base images'));
+    this.#keepWarm();
     this.emit('commit', { epoch: c.epoch, lineage: c.lineage, pages: m.pages, bytes: wire });
     if (Date.now() - this.#statusAt > 250) void this.#writeStatus();
   }

@@ -9,8 +9,11 @@ import { open, readFile, rename, unlink } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 
+let writes = 0;
+
 export async function writeStatusFile(path: string, status: object): Promise<void> {
-  const tmp = `${path}.${process.pid}.tmp`;
+  // A name per write: two writes in flight in one process must not share a temp file.
+  const tmp = `${path}.${process.pid}.${++writes}.tmp`;
   const text = `${JSON.stringify(status, (_k, v) => (typeof v === 'bigint' ? v.toString() : v), 2)}\n`;
   const fh = await open(tmp, 'w', 0o644);
   try {

@@ -114,12 +114,20 @@ function pages(v: unknown): PagesMsg {
   const msg: PagesMsg = {
     t: 'pages',
     epoch: count(o.epoch, 'pages.epoch'),
-    codec: oneOf(o.codec, 'pages.codec', ['lz4', 'raw'] as const),
+    codec: oneOf(o.codec, 'pages.codec', ['lz4', 'raw', 'delta'] as const),
     addrs: pageAddresses(o.addrs, 'pages.addrs', MESSAGE_LIMITS.maxPagesPerMessage),
     zeros: pageAddresses(o.zeros, 'pages.zeros', MESSAGE_LIMITS.maxZeroPagesPerMessage),
     rawBytes: count(o.rawBytes, 'pages.rawBytes'),
     data: bytes(o.data, 'pages.data'),
   };
+  if (msg.codec === 'delta') {
+    // The page-delta batch carries its own addresses (docs/wire-format.md); its decoder
+    // checks the rest, including rawBytes against the pages it holds.
+    if (msg.addrs.length || msg.zeros.length) fail('pages.addrs', "must be empty with codec 'delta' (the batch holds the addresses)", msg.addrs);
+    if (msg.rawBytes % PAGE_SIZE !== 0 || msg.rawBytes / PAGE_SIZE > MESSAGE_LIMITS.maxPagesPerMessage) fail('pages.rawBytes', 'must be a whole number of pages, at most the per-message limit', msg.rawBytes);
+    if (msg.data.length === 0) fail('pages.data', "must hold a page-delta batch with codec 'delta'", msg.data);
+    return msg;
+  }
   const expected = (msg.addrs.length / 8) * PAGE_SIZE;
   if (msg.rawBytes !== expected) fail('pages.rawBytes', `must be 4096 × ${msg.addrs.length / 8} addresses = ${expected}`, msg.rawBytes);
   if (msg.codec === 'raw' && msg.data.length !== msg.rawBytes) {
@@ -188,13 +196,15 @@ function image(v: unknown): ImageMsg {
 }
 
 function threadState(v: unknown, path: string): ThreadStateWire {
-  const o = fields(v, path, ['tid', 'gpregs', 'xsave', 'sigmask', 'restart']);
+  const o = fields(v, path, ['tid', 'gpregs', 'xsave', 'sigmask', 'restart', 'rseq']);
+  const rseq = fields(o.rseq, `${path}.rseq`, ['addr', 'size']);
   return {
     tid: pid(o.tid, `${path}.tid`),
     gpregs: bytes(o.gpregs, `${path}.gpregs`, MESSAGE_LIMITS.gpregsBytes, MESSAGE_LIMITS.gpregsBytes),
     xsave: bytes(o.xsave, `${path}.xsave`, MESSAGE_LIMITS.minXsaveBytes, MESSAGE_LIMITS.maxXsaveBytes),
     sigmask: u64(o.sigmask, `${path}.sigmask`),
     restart: oneOf(o.restart, `${path}.restart`, ['none', 'restart', 'interrupted'] as const),
+    rseq: { addr: u64(rseq.addr, `${path}.rseq.addr`), size: count(rseq.size, `${path}.rseq.size`, 4096) },
   };
 }
 

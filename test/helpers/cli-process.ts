@@ -18,7 +18,8 @@ export class CliProcess {
   constructor(args: string[]) {
     // Our flags go before a `--` (after it come a command's own arguments).
     const dd = args.indexOf('--');
-    const full = dd < 0 ? [...args, '--json', '--log-level', 'warn'] : [...args.slice(0, dd), '--json', '--log-level', 'warn', ...args.slice(dd)];
+    const ours = ['--json', ...(args.includes('--log-level') ? [] : ['--log-level', process.env.REMUS_CLI_LOG ?? 'warn'])];
+    const full = dd < 0 ? [...args, ...ours] : [...args.slice(0, dd), ...ours, ...args.slice(dd)];
     this.child = spawn(process.execPath, [CLI, ...full], { stdio: ['ignore', 'pipe', 'pipe'] });
     createInterface({ input: this.child.stdout! }).on('line', (line) => {
       let e: Record<string, unknown>;

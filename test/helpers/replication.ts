@@ -55,6 +55,15 @@ export async function compareWithTarget(store: EpochStore, pid: number): Promise
   if (now.join('\n') !== then.join('\n')) out.mismatches.push(`layout differs:\n committed ${then.join(', ')}\n target    ${now.join(', ')}`);
   const have = new Map<bigint, Buffer | null>();
   for await (const p of store.pages()) have.set(p.addr, p.data);
+  // The kernel rewrites each thread's rseq cpu ids whenever it resumes on another CPU, after
+  // any capture: those bytes are not part of the comparison (CRIU re-registers rseq anyway).
+  const rseq = committed.state.threads.filter((t) => t.rseq.addr !== 0n).map((t) => [t.rseq.addr, t.rseq.addr + BigInt(t.rseq.size)] as const);
+  const blank = (page: Buffer, a: bigint) => {
+    for (const [lo, hi] of rseq) {
+      if (hi <= a || lo >= a + BigInt(PAGE)) continue;
+      page.fill(0, Number((lo > a ? lo : a) - a), Number((hi < a + BigInt(PAGE) ? hi : a + BigInt(PAGE)) - a));
+    }
+  };
   const fd = openSync(`/proc/${pid}/mem`, 'r');
   const buf = Buffer.alloc(PAGE);
   const zero = Buffer.alloc(PAGE);
@@ -68,10 +77,15 @@ export async function compareWithTarget(store: EpochStore, pid: number): Promise
         let n = 0;
         try { n = readSync(fd, buf, 0, PAGE, a); } catch { n = -1; }
         if (n !== PAGE) { if (stored !== undefined) out.mismatches.push(`page ${a.toString(16)}: unreadable in the target`); continue; }
-        const expect = stored ?? zero;
+        const expect = Buffer.from(stored ?? zero);
+        blank(buf, a);
+        blank(expect, a);
         if (stored === undefined) out.zeroChecked++; else out.compared++;
         if (!buf.equals(expect)) {
-          out.mismatches.push(`page ${a.toString(16)} (${v.path || 'anon'}): ${stored === undefined ? 'missing from the store, non-zero in the target' : 'content differs'}`);
+          let first = 0;
+          while (first < PAGE && buf[first] === expect[first]) first++;
+          const diffs = [...Array(PAGE).keys()].filter((k) => buf[k] !== expect[k]).length;
+          out.mismatches.push(`page ${a.toString(16)} (${v.path || 'anon'} ${v.start.toString(16)}-${v.end.toString(16)} ${v.perms}): ${stored === undefined ? 'missing from the store, non-zero in the target' : `content differs: ${diffs} bytes from offset ${first}, target ${buf.subarray(first, first + 16).toString('hex')} store ${expect.subarray(first, first + 16).toString('hex')}`}`);
           if (out.mismatches.length > 20) return out;
         }
       }

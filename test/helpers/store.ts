@@ -65,8 +65,8 @@ export function makeState(epoch: number, vmas: VmaWire[]): EpochState {
   return {
     pid: 4242,
     threads: [
-      { tid: 4242, gpregs, xsave, sigmask: (1n << 63n) | BigInt(epoch), restart: 'none' },
-      { tid: 4243, gpregs: Buffer.from(gpregs), xsave: Buffer.from(xsave), sigmask: 0n, restart: 'interrupted' },
+      { tid: 4242, gpregs, xsave, sigmask: (1n << 63n) | BigInt(epoch), restart: 'none', rseq: { addr: 0x7f00_0000_1000n, size: 32 } },
+      { tid: 4243, gpregs: Buffer.from(gpregs), xsave: Buffer.from(xsave), sigmask: 0n, restart: 'interrupted', rseq: { addr: 0x7f00_0000_1000n, size: 32 } },
     ],
     vmas,
     brk: 0x5555_5600_0000n + BigInt(epoch) * 4096n,

@@ -26,7 +26,7 @@ import { ImageBuildError } from './errors.js';
 import { applyFileStates, FileTable, reconcileFds, type FileState, type FilesResult } from './files.js';
 import { ImageFormatError, Magic, newImage, parseImage, readImage, serializeImage, type ImageFile } from './image-file.js';
 import { parseBaseVmas, patchMmEntry, planVmas } from './mm.js';
-import { parseBasePagemap, writePages, type PageSource, type PageStats } from './pages.js';
+import { parseBasePagemap, writePages, type LazyPagesInput, type PageSource, type PageStats } from './pages.js';
 import { Message, ProtobufError } from './protobuf.js';
 import { resolveXsaveLayout, type XsaveLayout } from './xsave.js';
 
@@ -64,7 +64,13 @@ export interface BuildEpochImageOptions {
    * anonymous private memory are listed LAZY without data; source entries may carry
    * LAZY_DATA, and `fetch` gives the data where the image needs it after all.
    */
-  lazy?: { fetch: (addr: bigint) => Buffer | null };
+  lazy?: LazyPagesInput;
+  /**
+   * outDir was prepared by the caller (a warm lazy restore: the base's inventory.img and
+   * pstree.img linked in, a `criu lazy-pages` daemon already listening there): files that
+   * exist are kept as they are instead of refusing a non-empty directory.
+   */
+  prepared?: boolean;
 }
 
 export interface BuildTimings {
@@ -230,11 +236,13 @@ async function build(o: BuildEpochImageOptions, started: { out: boolean }): Prom
   const reconcile = Array.isArray(state.fds) && state.fds.length > 0;
   if (reconcile) rewritten.add(fdinfoName);
 
+  const present = new Set<string>();
   try {
     await mkdir(outDir, { recursive: true });
     const existing = await readdir(outDir);
-    if (existing.length > 0) throw new ImageBuildError('OUTPUT', `the output directory ${outDir} is not empty (${existing.length} entries)`);
-    started.out = true;
+    if (existing.length > 0 && !o.prepared) throw new ImageBuildError('OUTPUT', `the output directory ${outDir} is not empty (${existing.length} entries)`);
+    for (const n of existing) present.add(n);
+    started.out = !o.prepared;
   } catch (e) {
     if (e instanceof ImageBuildError) throw e;
     throw new ImageBuildError('OUTPUT', `cannot use ${outDir} as the output directory: ${(e as Error).message}`, { cause: e });
@@ -243,7 +251,7 @@ async function build(o: BuildEpochImageOptions, started: { out: boolean }): Prom
   const mode = o.copyMode ?? 'auto';
   const toCopy: string[] = [];
   for (const n of names) {
-    if (rewritten.has(n)) continue;
+    if (rewritten.has(n) || present.has(n)) continue;
     const st = await stat(join(baseDir, n));
     if (!st.isFile()) continue; // CRIU image directories are flat
     toCopy.push(n);

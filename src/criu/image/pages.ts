@@ -241,7 +241,19 @@ export interface WritePagesOptions {
    * server serves them at restore); `fetch` gives the data of source pages in the other
    * VMAs, whose entries carry LAZY_DATA instead of their content.
    */
-  lazy?: { fetch: (addr: bigint) => Buffer | null };
+  lazy?: LazyPagesInput;
+}
+
+/**
+ * What a lazy image needs from the replicated pages: `runs`, the pages with content as
+ * [first page number, count] pairs in ascending order (listed LAZY in lazy VMAs, without
+ * reading them), and `lookup`, a page's content by address for the few VMAs that cannot be
+ * lazy (undefined: not replicated; null: zeros).
+ */
+export interface LazyPagesInput {
+  runs?: Float64Array;
+  fetch?: (addr: bigint) => Buffer | null;
+  lookup?: (addr: bigint) => Buffer | null | undefined;
 }
 
 /** A source page's data placeholder in lazy mode: "read it from lazy.fetch if needed". */
@@ -249,6 +261,7 @@ export const LAZY_DATA: Buffer = Buffer.alloc(0);
 
 /** Writes the new pages file; returns the pagemap entries (after the head) and counts. */
 export async function writePages(o: WritePagesOptions): Promise<{ entries: Buffer[]; stats: PageStats }> {
+  if (o.lazy?.runs && o.lazy.lookup) return writeLazyPages(o, o.lazy.runs, o.lazy.lookup);
   const stats: PageStats = { fromSource: 0, fromBase: 0, lazy: 0, zeroWritten: 0, zeroOmitted: 0, outside: 0, ignored: 0, entries: 0, bytes: 0 };
   const writer = new PagesWriter(o.out);
   const entries: Buffer[] = [];
@@ -359,7 +372,7 @@ export async function writePages(o: WritePagesOptions): Promise<{ entries: Buffe
           src!.take();
           continue;
         }
-        if (data === LAZY_DATA) data = o.lazy!.fetch(sAddr);
+        if (data === LAZY_DATA) data = (o.lazy!.fetch ?? o.lazy!.lookup)!(sAddr) ?? null;
         if (data && !(o.omitZeroPages && !v.fileBacked && data.equals(ZERO_PAGE))) {
           addPages(sAddr, 1, flags);
           const w = writer.push(data);
@@ -420,3 +433,104 @@ export function* pagesFromRanges(ranges: BigUint64Array, pages: Buffer): Generat
   if (off !== pages.length) throw new ImageBuildError('INVALID_PAGES', `ranges describe ${off} bytes of pages but the buffer has ${pages.length}`);
 }
 
+
+/**
+ * The pagemap and pages file of a lazy image, from page runs: lazy VMAs get LAZY entries
+ * for the replicated runs and the base's runs (no data: the page server has them), in time
+ * proportional to the runs, not the pages; other private VMAs are written as usual.
+ */
+async function writeLazyPages(o: WritePagesOptions, runs: Float64Array, lookup: (addr: bigint) => Buffer | null | undefined): Promise<{ entries: Buffer[]; stats: PageStats }> {
+  const stats: PageStats = { fromSource: 0, fromBase: 0, lazy: 0, zeroWritten: 0, zeroOmitted: 0, outside: 0, ignored: 0, entries: 0, bytes: 0 };
+  const writer = new PagesWriter(o.out);
+  const entries: Buffer[] = [];
+  const PG = 4096;
+  let runStart = -1; // page numbers (exact as doubles below 2^53)
+  let runPages = 0;
+  let runFlags = 0;
+  const endRun = (): void => {
+    if (runPages === 0) return;
+    entries.push(new Message([varintField(1, BigInt(runStart) * PAGE), varintField(2, 0), varintField(4, runFlags), varintField(5, runPages)]).serialize());
+    runPages = 0;
+  };
+  const add = (first: number, n: number, flags: number): void => {
+    if (n <= 0) return;
+    if (runPages > 0 && flags === runFlags && runStart + runPages === first) { runPages += n; return; }
+    endRun();
+    runStart = first; runPages = n; runFlags = flags;
+  };
+  const baseRuns = o.base.runs.map((r) => ({ first: Number(r.vaddr / PAGE), n: r.pages, offset: r.offset, run: r }));
+  const readBase = async (first: number, n: number): Promise<Buffer | null> => {
+    for (const b of baseRuns) {
+      if (first >= b.first && first + n <= b.first + b.n) {
+        const buf = Buffer.allocUnsafe(n * PG);
+        await o.basePages.read(buf, 0, buf.length, b.offset + (first - b.first) * PG);
+        return buf;
+      }
+    }
+    return null;
+  };
+  let ri = 0; // first replicated run that may matter
+  const runCount = runs.length / 2;
+  for (const v of o.vmas) {
+    if (!v.takesSource && v.baseRanges.length === 0) continue;
+    const vFirst = Number(v.start / PAGE);
+    const vEnd = Number(v.end / PAGE);
+    while (ri < runCount && runs[2 * ri]! + runs[2 * ri + 1]! <= vFirst) ri++;
+    // Pieces inside this VMA: replicated runs (when the VMA takes them) and base ranges.
+    const pieces: Array<[number, number, 'store' | 'base']> = [];
+    if (v.takesSource) {
+      for (let j = ri; j < runCount && runs[2 * j]! < vEnd; j++) {
+        const a = Math.max(runs[2 * j]!, vFirst);
+        const b = Math.min(runs[2 * j]! + runs[2 * j + 1]!, vEnd);
+        if (a < b) pieces.push([a, b, 'store']);
+      }
+    }
+    for (const [lo, hi] of v.baseRanges) {
+      for (const br of baseRuns) {
+        const a = Math.max(br.first, Number(lo / PAGE), vFirst);
+        const b = Math.min(br.first + br.n, Number(hi / PAGE), vEnd);
+        if (a < b) pieces.push([a, b, 'base']);
+      }
+    }
+    pieces.sort((x, y) => x[0] - y[0]);
+    if (v.lazy) {
+      // Union of the pieces, LAZY.
+      let cs = -1; let ce = -1;
+      for (const [a, b] of pieces) {
+        if (a <= ce) { ce = Math.max(ce, b); continue; }
+        if (ce > cs) { add(cs, ce - cs, PE_LAZY); stats.lazy += ce - cs; }
+        cs = a; ce = b;
+      }
+      if (ce > cs) { add(cs, ce - cs, PE_LAZY); stats.lazy += ce - cs; }
+      continue;
+    }
+    // Not lazy: page by page over the pieces, the replicated content winning over the base.
+    const flags = PE_PRESENT;
+    let done = vFirst;
+    for (const [a0, b] of pieces) {
+      for (let pn = Math.max(a0, done); pn < b; pn++) {
+        const addr = BigInt(pn) * PAGE;
+        const data = v.takesSource ? lookup(addr) : undefined;
+        if (data === undefined) {
+          const base = await readBase(pn, 1);
+          if (!base) continue;
+          add(pn, 1, flags);
+          const w = writer.push(base); if (w) await w;
+          stats.fromBase++;
+        } else if (data === null) {
+          if (v.fileBacked) { add(pn, 1, flags); const w = writer.push(ZERO_PAGE); if (w) await w; stats.zeroWritten++; } else stats.zeroOmitted++;
+        } else {
+          add(pn, 1, flags);
+          const w = writer.push(data); if (w) await w;
+          stats.fromSource++;
+        }
+      }
+      done = Math.max(done, b);
+    }
+  }
+  endRun();
+  await writer.flush();
+  stats.entries = entries.length;
+  stats.bytes = writer.bytes;
+  return { entries, stats };
+}

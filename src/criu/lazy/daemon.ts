@@ -14,6 +14,8 @@
 // The daemon is started as this process's child (not with -d, which would orphan it), so it
 // can be waited for and killed by PID.
 import { spawn, type ChildProcess } from 'node:child_process';
+import { existsSync } from 'node:fs';
+import { keeperPath } from '../../native/binding.js';
 import { readFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import type { Duplex } from 'node:stream';
@@ -70,7 +72,11 @@ export async function startLazyPagesDaemon(o: LazyPagesDaemonOptions): Promise<L
   // "pipes" with socketpair(AF_UNIX, SOCK_STREAM)), the page-server connection.
   const stdio: Array<'ignore' | 'pipe'> = ['ignore', 'ignore', 'pipe', 'pipe'];
   if (transport === 'socketpair') stdio.push('pipe');
-  const child = spawn(o.criu, args, { stdio, cwd: o.imagesDir });
+  // Through the keeper: the daemon dies with us (a standby killed with SIGKILL must not
+  // leave it running).
+  const child = existsSync(keeperPath)
+    ? spawn(keeperPath, ['--die-with-parent', '--', o.criu, ...args], { stdio, cwd: o.imagesDir })
+    : spawn(o.criu, args, { stdio, cwd: o.imagesDir });
   const exited = new Promise<number>((resolve) => {
     child.once('exit', (code, signal) => resolve(code ?? 128 + (signal ? SIGNALS[signal] ?? 0 : 0)));
   });

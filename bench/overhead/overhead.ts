@@ -1,0 +1,401 @@
+// Scenarios 2 and 3 and the periodic-CRIU baseline: what protecting a real service costs it,
+// and what it puts on the link.
+//
+// Workloads: redis-server 7 (no persistence) under redis-benchmark (SET, then GET over the
+// keys SET wrote; 50 clients, 100 000 keys), and a Node.js HTTP server with in-memory state
+// (bench/targets/http-server.mjs) under autocannon (20 connections). Configurations, in the
+// same run, interleaved round by round (the order reversed every other round):
+//   - unreplicated (baseline c: no replication at all),
+//   - ours: a `replicate` primary process protecting the target, streaming to a
+//     `replicate standby` process on loopback (TLS 1.3 with a pre-shared key, fsync on
+//     every commit), at epochs of 25, 100 and 1000 ms,
+//   - baseline a: periodic CRIU dumps (bench/baselines/criu-periodic.ts) at the same periods.
+// Each session starts a fresh target, and the agents or the dumper, then runs the load.
+import { mkdtempSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { locateCriu } from '../../src/criu/locate.js';
+import { readStatus } from '../../src/status/status.js';
+import { writeSecretFile } from '../../src/transport/security.js';
+import { percentile } from '../../src/util/stats.js';
+import { PeriodicDumps, type DumpRecord } from '../baselines/criu-periodic.js';
+import { Figures, median, summary, type Figure, type RunContext, type Scenario, type ScenarioOutput, type ScenarioResult } from '../lib/harness.js';
+import { barsWithRange } from '../lib/plot.js';
+import { autocannon, cleanup, freePort, redisBenchmark, startCli, startHttpServer, startRedis, type CliProcess, type LoadResult, type Target } from '../lib/processes.js';
+import { fmt, figureTable, provenance, table } from '../lib/report.js';
+
+export type Config = { kind: 'none' } | { kind: 'ours'; epochMs: number } | { kind: 'criu'; epochMs: number };
+export type Workload = 'redis' | 'http';
+export type PhaseName = 'redis SET' | 'redis GET' | 'node HTTP';
+
+export const LINK_BYTES_PER_S = 1e9 / 8; // 1 Gbit/s
+
+export function configLabel(c: Config): string {
+  return c.kind === 'none' ? 'unreplicated' : c.kind === 'ours' ? `ours, epoch ${c.epochMs} ms` : `CRIU dump every ${c.epochMs} ms`;
+}
+
+export interface PhaseSample {
+  phase: PhaseName; rps: number; p50Ms: number; p99Ms: number; ms: number; requests?: number; errors?: number;
+  /** ours: commits during the phase. */
+  commits?: number; epochs?: number; pages?: number; wireBytes?: number;
+  pauseMs?: { p50: number; p99: number; max: number };
+  /** CRIU: dumps that started during the phase. */
+  dumps?: number; dumpsFailed?: number; frozenMs?: { p50: number; p99: number; max: number }; dumpMs?: number;
+  shippedBytes?: number; imageBytes?: number;
+}
+
+export interface Session {
+  round: number; workload: Workload; config: Config; label: string; phases: PhaseSample[];
+  rebases?: number; syncs?: number; compressionRatio?: number; error?: string;
+  criuErrors?: string[];
+}
+
+export interface OverheadData {
+  rounds: number; redisRequests: number; httpSeconds: number; httpConnections: number; epochs: number[];
+  criu: string; criuNetworkLock: string; sessions: Session[];
+  rows: Row[];
+}
+
+/** One configuration of one workload phase, over the rounds. */
+export interface Row {
+  phase: PhaseName; config: string; kind: Config['kind']; epochMs: number | null; runs: number;
+  rps: number; rpsMin: number; rpsMax: number; tputRatio: number; tputRatioMin: number; tputRatioMax: number;
+  p99Ms: number; p99Min: number; p99Max: number; p99Ratio: number; p99RatioMin: number; p99RatioMax: number;
+  /** ours: agent's pause per epoch; CRIU: frozen time per dump (p50, p99, max: medians over rounds). */
+  pauseP50Ms?: number; pauseP99Ms?: number; pauseMaxMs?: number;
+  /** Link: wire bytes per epoch / per checkpoint, per second, compression (ours), checkpoints per second (CRIU). */
+  bytesPerEpoch?: number; bytesPerSecond?: number; bytesPerSecondMin?: number; bytesPerSecondMax?: number; compression?: number; epochsPerSecond?: number;
+  rebases?: number;
+}
+
+const CONFIGS = (epochs: number[]): Config[] => [
+  { kind: 'none' },
+  ...epochs.map((epochMs) => ({ kind: 'ours' as const, epochMs })),
+  ...epochs.map((epochMs) => ({ kind: 'criu' as const, epochMs })),
+];
+
+interface Ctx { o: RunContext; work: string; key: string; criu: string; redisRequests: number; httpSeconds: number; httpConnections: number; networkLock: string }
+
+async function load(ctx: Ctx, workload: Workload, port: number, phase: PhaseName): Promise<LoadResult & { requests?: number; errors?: number }> {
+  if (workload === 'http') return autocannon(`http://127.0.0.1:${port}/`, ctx.httpSeconds, ctx.httpConnections);
+  return redisBenchmark(port, phase === 'redis SET' ? 'set' : 'get', ctx.redisRequests);
+}
+
+function oursPhase(events: Array<Record<string, unknown>>, from: number, to: number, lastEpochBefore: number): Partial<PhaseSample> {
+  const commits = events.slice(from, to).filter((e) => e.event === 'commit');
+  const pages = commits.reduce((s, c) => s + Number(c.pages), 0);
+  const bytes = commits.reduce((s, c) => s + Number(c.bytes), 0);
+  const last = commits.at(-1) as { epoch?: number; pauseMs?: { p50: number; p99: number; max: number } } | undefined;
+  return {
+    commits: commits.length, epochs: last?.epoch !== undefined ? Number(last.epoch) - lastEpochBefore : 0, pages, wireBytes: bytes,
+    pauseMs: last?.pauseMs ? { p50: last.pauseMs.p50, p99: last.pauseMs.p99, max: last.pauseMs.max } : undefined,
+  };
+}
+
+function criuPhase(records: DumpRecord[], t0: number, t1: number): Partial<PhaseSample> {
+  const rs = records.filter((r) => r.startAt >= t0 && r.startAt < t1);
+  const ok = rs.filter((r) => r.ok);
+  const frozen = ok.map((r) => r.frozenMs);
+  return {
+    dumps: rs.length, dumpsFailed: rs.length - ok.length,
+    frozenMs: ok.length ? { p50: median(frozen), p99: percentile(frozen, 99), max: Math.max(...frozen) } : undefined,
+    dumpMs: ok.length ? median(ok.map((r) => r.dumpMs)) : undefined,
+    shippedBytes: ok.reduce((s, r) => s + r.shippedBytes, 0), imageBytes: ok.length ? median(ok.map((r) => r.imageBytes)) : undefined,
+  };
+}
+
+function lastCommitEpoch(events: Array<Record<string, unknown>>, upTo: number): number {
+  for (let i = upTo - 1; i >= 0; i--) if (events[i]!.event === 'commit') return Number(events[i]!.epoch);
+  return 0;
+}
+
+async function session(ctx: Ctx, round: number, workload: Workload, config: Config): Promise<Session> {
+  const phases: PhaseName[] = workload === 'redis' ? ['redis SET', 'redis GET'] : ['node HTTP'];
+  const out: Session = { round, workload, config, label: configLabel(config), phases: [] };
+  const port = await freePort();
+  let target: Target | undefined;
+  let standby: CliProcess | undefined;
+  let primary: CliProcess | undefined;
+  let dumps: PeriodicDumps | undefined;
+  try {
+    target = workload === 'redis' ? await startRedis(port) : await startHttpServer(port);
+    if (config.kind === 'ours') {
+      const sport = await freePort();
+      standby = startCli(['standby', '--listen', `127.0.0.1:${sport}`, '--dir', join(ctx.work, `standby-${workload}-${config.epochMs}-${round}`), '--secret-file', ctx.key, '--no-auto-promote'], 'replicate standby');
+      await standby.next('listening', 20_000);
+      primary = startCli(['--pid', String(target.pid), '--to', `127.0.0.1:${sport}`, '--epoch', `${config.epochMs}ms`, '--secret-file', ctx.key], 'replicate primary');
+      await primary.next('synced', 120_000);
+    } else if (config.kind === 'criu') {
+      dumps = new PeriodicDumps({ criu: ctx.criu, pid: target.pid, epochMs: config.epochMs, work: join(ctx.work, `criu-${workload}-${config.epochMs}-${round}`), networkLock: ctx.networkLock }).start();
+      await dumps.firstDone;
+    }
+    for (const phase of phases) {
+      const from = primary?.events.length ?? 0;
+      const before = primary ? lastCommitEpoch(primary.events, from) : 0;
+      const t0 = performance.now();
+      const r = await load(ctx, workload, port, phase);
+      const t1 = performance.now();
+      if (primary) await primary.next('commit', 10_000 + (config.kind === 'ours' ? config.epochMs * 3 : 0)).catch(() => undefined);
+      const sample: PhaseSample = { phase, rps: r.rps, p50Ms: r.p50Ms, p99Ms: r.p99Ms, ms: t1 - t0, ...(r.requests !== undefined ? { requests: r.requests, errors: r.errors } : {}) };
+      if (primary) Object.assign(sample, oursPhase(primary.events, from, primary.events.length, before));
+      if (dumps) Object.assign(sample, criuPhase(dumps.records, t0, t1));
+      out.phases.push(sample);
+    }
+    if (primary) {
+      const st = await readStatus({ pid: target.pid }).catch(() => undefined);
+      if (st) { out.rebases = Number(st.rebases ?? 0); out.syncs = Number(st.syncs ?? 0); out.compressionRatio = Number(st.compressionRatio ?? 0); }
+    }
+  } catch (e) {
+    out.error = (e as Error).message.slice(0, 2000);
+    if (primary?.stderr) out.error += ` | primary: ${primary.stderr.slice(-500)}`;
+  } finally {
+    if (dumps) {
+      const recs = await dumps.stop();
+      const errs = recs.filter((r) => !r.ok).map((r) => r.error ?? 'failed');
+      if (errs.length) out.criuErrors = [...new Set(errs)].slice(0, 3);
+    }
+    await primary?.stop();
+    await standby?.stop();
+    await target?.stop();
+  }
+  return out;
+}
+
+function rowsOf(sessions: Session[], configs: Config[]): Row[] {
+  const rows: Row[] = [];
+  const phases: PhaseName[] = ['redis SET', 'redis GET', 'node HTTP'];
+  const rounds = [...new Set(sessions.map((s) => s.round))];
+  for (const phase of phases) {
+    const of = (label: string) => rounds.map((round) => sessions.find((s) => s.round === round && s.label === label && !s.error)?.phases.find((p) => p.phase === phase));
+    const base = of('unreplicated');
+    if (base.every((b) => !b)) continue;
+    for (const c of configs) {
+      const label = configLabel(c);
+      const ps = of(label);
+      const got = ps.filter((p): p is PhaseSample => !!p);
+      if (got.length === 0) continue;
+      const paired = (f: (p: PhaseSample) => number) => ps.map((p, i) => (p && base[i] ? f(p) / f(base[i]!) : Number.NaN)).filter(Number.isFinite);
+      const rps = summary(got.map((p) => p.rps)); const p99 = summary(got.map((p) => p.p99Ms));
+      const tr = summary(paired((p) => p.rps)); const lr = summary(paired((p) => p.p99Ms));
+      const row: Row = {
+        phase, config: label, kind: c.kind, epochMs: c.kind === 'none' ? null : c.epochMs, runs: got.length,
+        rps: rps.median, rpsMin: rps.min, rpsMax: rps.max, tputRatio: tr.median, tputRatioMin: tr.min, tputRatioMax: tr.max,
+        p99Ms: p99.median, p99Min: p99.min, p99Max: p99.max, p99Ratio: lr.median, p99RatioMin: lr.min, p99RatioMax: lr.max,
+      };
+      const med = (xs: Array<number | undefined>) => median(xs.filter((x): x is number => x !== undefined && Number.isFinite(x)));
+      if (c.kind === 'ours') {
+        row.pauseP50Ms = med(got.map((p) => p.pauseMs?.p50)); row.pauseP99Ms = med(got.map((p) => p.pauseMs?.p99)); row.pauseMaxMs = med(got.map((p) => p.pauseMs?.max));
+        const bps = got.map((p) => (p.wireBytes ?? 0) / (p.ms / 1000));
+        const s = summary(bps);
+        row.bytesPerSecond = s.median; row.bytesPerSecondMin = s.min; row.bytesPerSecondMax = s.max;
+        row.bytesPerEpoch = med(got.map((p) => (p.epochs ? (p.wireBytes ?? 0) / p.epochs : undefined)));
+        row.compression = med(got.map((p) => (p.wireBytes ? ((p.pages ?? 0) * 4096) / p.wireBytes : undefined)));
+        row.epochsPerSecond = med(got.map((p) => (p.epochs ?? 0) / (p.ms / 1000)));
+        row.rebases = med(sessions.filter((x) => x.label === label && x.phases.some((p) => p.phase === phase)).map((x) => x.rebases));
+      } else if (c.kind === 'criu') {
+        row.pauseP50Ms = med(got.map((p) => p.frozenMs?.p50)); row.pauseP99Ms = med(got.map((p) => p.frozenMs?.p99)); row.pauseMaxMs = med(got.map((p) => p.frozenMs?.max));
+        const s = summary(got.map((p) => (p.shippedBytes ?? 0) / (p.ms / 1000)));
+        row.bytesPerSecond = s.median; row.bytesPerSecondMin = s.min; row.bytesPerSecondMax = s.max;
+        row.bytesPerEpoch = med(got.map((p) => p.imageBytes));
+        row.epochsPerSecond = med(got.map((p) => (p.dumps ?? 0) / (p.ms / 1000)));
+      }
+      rows.push(row);
+    }
+  }
+  return rows;
+}
+
+function figuresOf(sessions: Session[], configs: Config[], rows: Row[]): Figure[] {
+  const F = new Figures('target-overhead');
+  const rounds = [...new Set(sessions.map((s) => s.round))];
+  const phases: PhaseName[] = ['redis SET', 'redis GET', 'node HTTP'];
+  for (const phase of phases) {
+    const series = (label: string, f: (p: PhaseSample) => number | undefined) => rounds.map((round) => {
+      const p = sessions.find((s) => s.round === round && s.label === label && !s.error)?.phases.find((x) => x.phase === phase);
+      const v = p ? f(p) : undefined;
+      return v === undefined ? Number.NaN : v;
+    });
+    const baseT = series('unreplicated', (p) => p.rps);
+    const baseL = series('unreplicated', (p) => p.p99Ms);
+    if (baseT.every((x) => !Number.isFinite(x))) continue;
+    const bT = F.add({ what: `${phase} throughput`, config: 'unreplicated', unit: 'req/s', values: baseT.filter(Number.isFinite), better: 'higher', over: 'runs' });
+    const bL = F.add({ what: `${phase} p99 latency`, config: 'unreplicated', unit: 'ms', values: baseL.filter(Number.isFinite), better: 'lower', over: 'runs' });
+    const pairedAdd = (what: string, unit: string, label: string, values: number[], base: { figure: Figure; values: number[] }, better: 'higher' | 'lower', key?: string) => {
+      const keep = values.map((v, i) => Number.isFinite(v) && Number.isFinite(base.values[i]!));
+      F.add({ what, config: label, unit, values: values.filter((_, i) => keep[i]), better, over: 'runs', key }, { figure: base.figure, values: base.values.filter((_, i) => keep[i]) });
+    };
+    for (const c of configs) {
+      if (c.kind === 'none') continue;
+      const label = configLabel(c);
+      const t = series(label, (p) => p.rps);
+      if (t.every((x) => !Number.isFinite(x))) continue;
+      pairedAdd(`${phase} throughput`, 'req/s', label, t, { figure: bT, values: baseT }, 'higher');
+      pairedAdd(`${phase} p99 latency`, 'ms', label, series(label, (p) => p.p99Ms), { figure: bL, values: baseL }, 'lower');
+    }
+    // Ours against periodic CRIU dumps at the same period, round by round.
+    for (const c of configs) {
+      if (c.kind !== 'ours') continue;
+      const ours = configLabel(c); const criu = configLabel({ kind: 'criu', epochMs: c.epochMs });
+      const ct = series(criu, (p) => p.rps);
+      if (ct.every((x) => !Number.isFinite(x))) continue;
+      const cT = F.add({ what: `${phase} throughput`, config: criu, unit: 'req/s', values: ct.filter(Number.isFinite), better: 'higher', over: 'runs', key: `${phase} throughput vs criu base` });
+      pairedAdd(`${phase} throughput, ours against CRIU dumps`, 'req/s', ours, series(ours, (p) => p.rps), { figure: cT, values: ct }, 'higher');
+      const cP = F.add({ what: `${phase} pause per checkpoint, p99`, config: criu, unit: 'ms', values: series(criu, (p) => p.frozenMs?.p99).filter(Number.isFinite), better: 'lower', over: 'runs (p99 of the dumps in each)' });
+      pairedAdd(`${phase} pause per checkpoint, p99`, 'ms', ours, series(ours, (p) => p.pauseMs?.p99), { figure: cP, values: series(criu, (p) => p.frozenMs?.p99) }, 'lower');
+      const cB = F.add({ what: `${phase} bytes shipped per second`, config: criu, unit: 'B/s', values: series(criu, (p) => (p.shippedBytes ?? 0) / (p.ms / 1000)).filter(Number.isFinite), better: 'lower', over: 'runs' });
+      pairedAdd(`${phase} bytes shipped per second`, 'B/s', ours, series(ours, (p) => (p.wireBytes ?? 0) / (p.ms / 1000)), { figure: cB, values: series(criu, (p) => (p.shippedBytes ?? 0) / (p.ms / 1000)) }, 'lower');
+    }
+    // Link (scenario 3): what one epoch carries, the compression, and a 1 Gbit/s link.
+    for (const r of rows.filter((x) => x.phase === phase && x.kind === 'ours')) {
+      const label = r.config;
+      const ss = sessions.filter((s) => s.label === label && !s.error).map((s) => s.phases.find((p) => p.phase === phase)).filter((p): p is PhaseSample => !!p);
+      F.add({ what: `${phase} link: wire bytes per epoch`, config: label, unit: 'B', values: ss.map((p) => (p.epochs ? (p.wireBytes ?? 0) / p.epochs : Number.NaN)), better: 'lower', over: 'runs' });
+      F.add({ what: `${phase} link: compression (raw / wire)`, config: label, unit: '×', values: ss.map((p) => (p.wireBytes ? ((p.pages ?? 0) * 4096) / p.wireBytes : Number.NaN)), better: 'higher', over: 'runs' });
+      F.add({ what: `${phase} link: share of a 1 Gbit/s link`, config: label, unit: '%', values: ss.map((p) => (100 * (p.wireBytes ?? 0)) / (p.ms / 1000) / LINK_BYTES_PER_S), better: 'lower', over: 'runs' });
+      F.add({ what: `${phase} link: dirty rate a 1 Gbit/s link sustains at this compression`, config: label, unit: 'MB/s', values: ss.map((p) => (p.wireBytes ? (LINK_BYTES_PER_S * ((p.pages ?? 0) * 4096)) / p.wireBytes / 1e6 : Number.NaN)), better: 'higher', over: 'runs' });
+    }
+    for (const r of rows.filter((x) => x.phase === phase && x.kind === 'criu')) {
+      const ss = sessions.filter((s) => s.label === r.config && !s.error).map((s) => s.phases.find((p) => p.phase === phase)).filter((p): p is PhaseSample => !!p && !!p.imageBytes);
+      F.add({ what: `${phase} link: bytes per checkpoint`, config: r.config, unit: 'B', values: ss.map((p) => p.imageBytes!), better: 'lower', over: 'runs' });
+      F.add({ what: `${phase} link: checkpoints per second a 1 Gbit/s link sustains`, config: r.config, unit: '1/s', values: ss.map((p) => LINK_BYTES_PER_S / p.imageBytes!), better: 'higher', over: 'runs' });
+    }
+  }
+  return F.list;
+}
+
+export async function runOverhead(o: RunContext): Promise<ScenarioOutput<OverheadData>> {
+  const criu = await locateCriu();
+  if (!criu.versionOk) throw new Error(`CRIU ${criu.version} at ${criu.path} is too old for the CRIU baseline and for base images (4.2+ needed)`);
+  const epochs = [25, 100, 1000];
+  const configs = CONFIGS(epochs);
+  const rounds = o.quick ? 2 : 5;
+  const work = mkdtempSync(join(tmpdir(), 'remus-bench-overhead-'));
+  cleanup.dir(work);
+  const key = join(work, 'key');
+  writeSecretFile(key, { force: true });
+  // CRIU locks every dumped TCP connection while it dumps: with its default (iptables, one
+  // rule per connection) a redis with 50 clients stayed frozen ~2.3 s per dump here; the
+  // nftables lock froze it ~0.2 s. The baseline gets the faster one.
+  const networkLock = process.env.BENCH_CRIU_NETWORK_LOCK ?? 'nftables';
+  const ctx: Ctx = { o, work, key, criu: criu.path, redisRequests: o.quick ? 60_000 : 300_000, httpSeconds: o.quick ? 4 : 10, httpConnections: 20, networkLock };
+  const sessions: Session[] = [];
+  const total = rounds * configs.length * 2;
+  let done = 0;
+  for (let round = 1; round <= rounds; round++) {
+    const order = round % 2 ? configs : [...configs].reverse();
+    for (const workload of ['redis', 'http'] as Workload[]) {
+      for (const c of order) {
+        o.progress(done, total, `round ${round}/${rounds} ${workload === 'redis' ? 'redis' : 'node HTTP'} · ${configLabel(c)}`);
+        const s = await session(ctx, round, workload, c);
+        done++;
+        sessions.push(s);
+        if (s.error) o.log(`round ${round} ${workload} ${s.label}: FAILED: ${s.error.slice(0, 400)}`);
+        for (const p of s.phases) {
+          const extra = p.commits !== undefined ? `, ${p.epochs} epochs, ${Math.round((p.wireBytes ?? 0) / Math.max(1, p.epochs ?? 1))} B/epoch, pause p99 ${fmt(p.pauseMs?.p99)} ms`
+            : p.dumps !== undefined ? `, ${p.dumps} dumps (${p.dumpsFailed} failed), frozen p50 ${fmt(p.frozenMs?.p50)} ms, ${Math.round((p.shippedBytes ?? 0) / Math.max(1, p.dumps - (p.dumpsFailed ?? 0)))} B/dump` : '';
+          o.log(`round ${round} ${p.phase} ${s.label}: ${Math.round(p.rps)} req/s, p99 ${fmt(p.p99Ms)} ms${extra}${s.rebases ? `, ${s.rebases} re-bases` : ''}`);
+        }
+        if (s.criuErrors) o.log(`  CRIU dump failures: ${s.criuErrors.join(' / ')}`);
+      }
+    }
+  }
+  o.progress(total, total, 'done');
+  const rows = rowsOf(sessions, configs);
+  return {
+    figures: figuresOf(sessions, configs, rows),
+    data: { rounds, redisRequests: ctx.redisRequests, httpSeconds: ctx.httpSeconds, httpConnections: ctx.httpConnections, epochs, criu: `${criu.path} (${criu.version})`, criuNetworkLock: networkLock, sessions, rows },
+  };
+}
+
+// ---------------------------------------------------------------------------------------
+
+const CONFIG_ORDER = (epochs: number[]) => CONFIGS(epochs).map(configLabel);
+const mb = (b: number | undefined) => (b === undefined || !Number.isFinite(b) ? '–' : b >= 1e6 ? `${fmt(b / 1e6, 2)} MB` : `${fmt(b / 1e3, 1)} kB`);
+
+export function renderOverhead(r: ScenarioResult<OverheadData>, plot: (name: string, spec: Record<string, unknown>, alt: string) => string): string {
+  const d = r.data;
+  const order = CONFIG_ORDER(d.epochs);
+  const failed = d.sessions.filter((s) => s.error);
+  const rows = d.rows;
+  const tput = rows.filter((x) => x.kind !== 'none').map((x) => ({ phase: x.phase, config: x.config, kind: x.kind === 'ours' ? 'ours' : 'CRIU dumps', value: x.tputRatio, min: x.tputRatioMin, max: x.tputRatioMax }));
+  const p99 = rows.filter((x) => x.kind !== 'none').map((x) => ({ phase: x.phase, config: x.config, kind: x.kind === 'ours' ? 'ours' : 'CRIU dumps', value: x.p99Ratio, min: x.p99RatioMin, max: x.p99RatioMax }));
+  const pause = rows.filter((x) => x.kind !== 'none' && x.pauseP99Ms !== undefined && Number.isFinite(x.pauseP99Ms)).map((x) => ({ phase: x.phase, config: x.config, value: x.pauseP99Ms!, min: x.pauseP50Ms!, max: x.pauseMaxMs! }));
+  const link = rows.filter((x) => x.kind !== 'none' && x.bytesPerSecond !== undefined).map((x) => ({ phase: x.phase, config: x.config, value: x.bytesPerSecond! / 1e6, min: x.bytesPerSecondMin! / 1e6, max: x.bytesPerSecondMax! / 1e6 }));
+  const figs = r.figures;
+  const byPhase = (p: PhaseName) => rows.filter((x) => x.phase === p);
+  const lines: string[] = [
+    '## 2. Target overhead: redis-server and a Node.js HTTP server, unreplicated, ours, and periodic CRIU dumps',
+    '',
+    provenance(r),
+    '',
+    `Workloads: redis-server (no persistence) under \`redis-benchmark -t set\` then \`-t get\` over the keys SET wrote (\`-c 50 -r 100000 -n ${d.redisRequests}\` each), and a Node.js HTTP server with 20 000 objects in memory, every request updating one (\`bench/targets/http-server.mjs\`), under \`autocannon -c ${d.httpConnections} -d ${d.httpSeconds}\`. Configurations: **unreplicated** (baseline: no replication at all); **ours**: a \`replicate --pid PID --epoch E\` primary process streaming to a \`replicate standby\` process on loopback (TLS 1.3 with a pre-shared key, the standby fsyncs every commit, CRIU base image taken at start); **CRIU dumps** (baseline: the recipe of the CRIU and docker-checkpoint guides): \`criu dump --leave-running --tcp-established --network-lock ${d.criuNetworkLock}\` of the same target every E ms into a fresh directory, then shipped as a tar stream into another directory (a dump starts every E ms, or as soon as the previous dump and shipment are done when they take longer). ${d.rounds} rounds; each round runs every configuration once on a fresh target, in an order reversed every other round. Ratios are per round (configuration / unreplicated of the same round), median with min–max over the rounds.`,
+    '',
+    `CRIU: ${d.criu}. No soft-dirty in this kernel, so CRIU cannot dump incrementally (\`--track-mem\`, pre-dump): every dump is a full one, which is what the recipe gets here. CRIU's network lock: \`${d.criuNetworkLock}\`; with its default (\`iptables\`, one rule per connection, set and removed while the target is frozen) a redis-server with 50 clients stayed frozen about 2.3 s per dump on this machine, so the baseline gets the faster lock.`,
+    '',
+    plot('throughput', barsWithRange({
+      title: 'Throughput relative to unreplicated (same round)', subtitle: 'median over rounds, bar = min–max; 1.0 = no loss',
+      data: tput, x: 'config', xTitle: null, y: 'value', yTitle: 'throughput / unreplicated', color: 'kind', colorTitle: '', column: 'phase', xOrder: order, rule: { y: 1, label: 'unreplicated' }, width: { step: 26 },
+    }), 'Throughput relative to unreplicated, per workload and configuration'),
+    '',
+    plot('p99', barsWithRange({
+      title: 'p99 latency relative to unreplicated (same round)', subtitle: 'median over rounds, bar = min–max; log scale',
+      data: p99, x: 'config', xTitle: null, y: 'value', yTitle: 'p99 latency / unreplicated', color: 'kind', colorTitle: '', column: 'phase', xOrder: order, yLog: true, rule: { y: 1, label: 'unreplicated' }, width: { step: 26 },
+    }), 'p99 latency relative to unreplicated'),
+    '',
+  ];
+  for (const phase of ['redis SET', 'redis GET', 'node HTTP'] as PhaseName[]) {
+    const rs = byPhase(phase);
+    if (!rs.length) continue;
+    lines.push(`### ${phase}`, '', table(['configuration', 'req/s (min–max)', 'throughput / unreplicated', 'p99 ms (min–max)', 'p99 / unreplicated', 'pause per checkpoint p50 / p99 / max ms', 're-bases'],
+      rs.map((x) => [x.config, `${fmt(x.rps, 0)} (${fmt(x.rpsMin, 0)}–${fmt(x.rpsMax, 0)})`, x.kind === 'none' ? '1' : `${fmt(x.tputRatio, 3)} (${fmt(x.tputRatioMin, 3)}–${fmt(x.tputRatioMax, 3)})`,
+        `${fmt(x.p99Ms)} (${fmt(x.p99Min)}–${fmt(x.p99Max)})`, x.kind === 'none' ? '1' : `${fmt(x.p99Ratio)} (${fmt(x.p99RatioMin)}–${fmt(x.p99RatioMax)})`,
+        x.pauseP50Ms !== undefined ? `${fmt(x.pauseP50Ms)} / ${fmt(x.pauseP99Ms)} / ${fmt(x.pauseMaxMs)}` : '–', x.kind === 'ours' ? fmt(x.rebases, 0) : '–'])), '');
+  }
+  lines.push(
+    'Pause per checkpoint: for ours, the agent\'s pause per epoch (freeze, capture, thaw; p50, p99 and max over the session\'s epochs, as the primary reports them); for CRIU, the `frozen_time` CRIU records in the dump\'s `stats-dump` (every thread stopped until they run again), p50 / p99 / max over the dumps of the phase. Re-bases: new CRIU base images ours took during the session (the target\'s descriptors changed, e.g. clients connected), each one a full `criu dump` with its own freeze. Both are medians over the rounds.',
+    '',
+    plot('pause', barsWithRange({
+      title: 'Pause per checkpoint: ours (pause per epoch) and CRIU (frozen time per dump)', subtitle: 'bar = p99, rule = p50 to max; medians over rounds; log scale',
+      data: pause, x: 'config', xTitle: null, y: 'value', yTitle: 'ms', column: 'phase', xOrder: order.filter((x) => x !== 'unreplicated'), yLog: true, width: { step: 22 },
+    }), 'Pause per checkpoint, ours and CRIU'),
+    '',
+  );
+  if (failed.length) lines.push(`Sessions that failed (left out of the figures): ${failed.map((s) => `round ${s.round} ${s.workload} ${s.label}: ${s.error?.slice(0, 200)}`).join('; ')}.`, '');
+
+  // Scenario 3: link use, from the same sessions.
+  const linkRows = rows.filter((x) => x.kind !== 'none');
+  lines.push(
+    '## 3. Link use: bytes per epoch, compression, and a 1 Gbit/s link',
+    '',
+    `Derived from the sessions of section 2 (same run, same command: ${`\`${r.command}\``}). Ours: the wire bytes of the batches the primary committed during the load phase (encoded pages plus message framing; what TLS carries), over the epochs those batches covered; compression = raw dirty pages (4096 B each) / wire bytes. CRIU: the tar stream shipped per dump (every page of the process, each time). A 1 Gbit/s link carries 125 MB/s: the share of it the workload uses, and what it would sustain: for ours, the dirty rate (raw MB/s of written pages) at the compression measured; for CRIU, checkpoints per second of this size.`,
+    '',
+    table(['workload', 'configuration', 'bytes per epoch / checkpoint', 'MB/s on the link (min–max)', 'compression', 'epochs or dumps per s', 'share of 1 Gbit/s', '1 Gbit/s sustains'],
+      linkRows.map((x) => [x.phase, x.config, mb(x.bytesPerEpoch), `${fmt((x.bytesPerSecond ?? 0) / 1e6, 2)} (${fmt((x.bytesPerSecondMin ?? 0) / 1e6, 2)}–${fmt((x.bytesPerSecondMax ?? 0) / 1e6, 2)})`,
+        x.kind === 'ours' ? `${fmt(x.compression, 1)}×` : '1× (full images)', fmt(x.epochsPerSecond, 1), `${fmt((100 * (x.bytesPerSecond ?? 0)) / LINK_BYTES_PER_S, 1)} %`,
+        x.kind === 'ours' ? `${fmt((LINK_BYTES_PER_S * (x.compression ?? 0)) / 1e6, 0)} MB/s of dirty pages` : `${fmt(LINK_BYTES_PER_S / (x.bytesPerEpoch ?? Number.NaN), 1)} dumps/s (one every ${fmt((1000 * (x.bytesPerEpoch ?? 0)) / LINK_BYTES_PER_S, 0)} ms)`])),
+    '',
+    plot('link', barsWithRange({
+      title: 'Bytes on the link per second: ours against shipping CRIU dumps', subtitle: 'median over rounds, bar = min–max; log scale; red line = 1 Gbit/s',
+      data: link, x: 'config', xTitle: null, y: 'value', yTitle: 'MB/s', column: 'phase', xOrder: order.filter((x) => x !== 'unreplicated'), yLog: true, rule: { y: LINK_BYTES_PER_S / 1e6, label: '1 Gbit/s' }, width: { step: 22 },
+    }), 'Bytes per second on the link'),
+    '',
+    '### Every figure of sections 2 and 3',
+    '',
+    '<details><summary>The figures as stored in the JSON (unit, baseline, ratio)</summary>',
+    '',
+    figureTable(figs),
+    '',
+    '</details>',
+  );
+  return lines.join('\n');
+}
+
+export const overheadScenario: Scenario<OverheadData> = {
+  name: 'target-overhead',
+  aliases: ['replication-redis', 'overhead', 'link'],
+  title: '2. Target overhead and 3. link use (with the periodic-CRIU baseline)',
+  summary: 'redis SET/GET and a Node.js HTTP server: unreplicated, ours at 25/100/1000 ms, periodic CRIU dumps; link use',
+  run: runOverhead,
+  render: renderOverhead,
+};
+
