@@ -33,6 +33,7 @@
         "native/memory/page_reader.cc",
         "native/memory/ranges.cc",
         "native/process/children.cc",
+        "native/process/placeholders.cc",
         "native/tracker/tracker.cc"
       ],
       "include_dirs": ["<!(node -p \"require('node-addon-api').include_dir\")", "native"],

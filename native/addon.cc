@@ -11,6 +11,7 @@
 //   codecBench         benchmark only: XBZRLE and plain LZ4 for comparison (js/codec_bench_js.h)
 //   setChildSubreaper  adopt orphans (restored processes) below this process
 //   reapChild(pid)     non-blocking reap of one such process
+//   placeholderSockets closed sockets at descriptor numbers a restore could not bring back
 //   benchFloor(...)    benchmark only: the physical floor of an epoch (see below)
 #include <napi.h>
 #include <cstring>
@@ -30,6 +31,7 @@
 #include "js/convert.h"
 #include "js/tracker_wrap.h"
 #include "process/children.h"
+#include "process/placeholders.h"
 
 namespace remus {
 namespace {
@@ -84,6 +86,42 @@ Napi::Value ReapChildJs(const Napi::CallbackInfo& info) {
   o.Set("signal", Napi::Number::New(env, s.signal));
   o.Set("notChild", Napi::Boolean::New(env, s.not_child));
   return o;
+}
+
+// placeholderSockets(pid, fds): Promise<number>. Injected syscalls in a stopped process,
+// all on one worker thread (a ptrace tracee belongs to the thread that seized it).
+class PlaceholderWorker : public Napi::AsyncWorker {
+ public:
+  PlaceholderWorker(Napi::Env env, pid_t pid, std::vector<int> fds)
+      : Napi::AsyncWorker(env, "remus-placeholders"), deferred_(Napi::Promise::Deferred::New(env)), pid_(pid), fds_(std::move(fds)) {}
+  Napi::Promise Promise() { return deferred_.Promise(); }
+  void Execute() override {
+    try {
+      placed_ = PlaceholderSockets(pid_, fds_);
+    } catch (const std::exception& e) {
+      SetError(e.what());
+    }
+  }
+  void OnOK() override { deferred_.Resolve(Napi::Number::New(Env(), placed_)); }
+  void OnError(const Napi::Error& e) override { deferred_.Reject(e.Value()); }
+
+ private:
+  Napi::Promise::Deferred deferred_;
+  pid_t pid_;
+  std::vector<int> fds_;
+  int placed_ = 0;
+};
+
+Napi::Value PlaceholderSocketsJs(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  if (info.Length() < 2 || !info[0].IsNumber() || !info[1].IsArray()) throw Napi::TypeError::New(env, "placeholderSockets(pid: number, fds: number[])");
+  auto arr = info[1].As<Napi::Array>();
+  std::vector<int> fds;
+  for (uint32_t i = 0; i < arr.Length(); ++i) fds.push_back(arr.Get(i).As<Napi::Number>().Int32Value());
+  auto* w = new PlaceholderWorker(env, info[0].As<Napi::Number>().Int32Value(), std::move(fds));
+  Napi::Promise p = w->Promise();
+  w->Queue();
+  return p;
 }
 
 uint64_t MonoNs() {
@@ -157,6 +195,7 @@ Napi::Object InitModule(Napi::Env env, Napi::Object exports) {
   exports.Set("decompressBlock", Napi::Function::New<DecompressBlockJs>(env, "decompressBlock"));
   exports.Set("setChildSubreaper", Napi::Function::New<SetChildSubreaperJs>(env, "setChildSubreaper"));
   exports.Set("reapChild", Napi::Function::New<ReapChildJs>(env, "reapChild"));
+  exports.Set("placeholderSockets", Napi::Function::New<PlaceholderSocketsJs>(env, "placeholderSockets"));
   exports.Set("benchFloor", Napi::Function::New<BenchFloor>(env, "benchFloor"));
   InitDeltaCodec(env, exports);
   InitCodecBench(env, exports);

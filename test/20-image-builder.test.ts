@@ -442,8 +442,8 @@ describe('buildEpochImage errors', () => {
     const changed = [
       { ...fds.find((f) => f.fd === 0)!, target: other, size: 123, pos: 7n, flags: 0o2 }, // fd 0 reused for another file
       ...fds.filter((f) => f.fd !== 0 && f.fd !== 1),                                     // fd 1 closed
-      { fd: 90, target: other, pos: 3n, flags: 0o2 | 0o2000000, size: 123, inode: 1 },    // new, close-on-exec
-      { fd: 91, target: 'socket:[1]', pos: 0n, flags: 2, size: -1, inode: 1 },           // new, cannot be made
+      { fd: 90, target: other, pos: 3n, flags: 0o2 | 0o2000000, size: 123, kind: '' },    // new, close-on-exec
+      { fd: 91, target: 'socket:[1]', pos: 0n, flags: 2, size: -1, kind: 'tcp' },         // new, cannot be made
     ];
     const out = await outDir('c-fds');
     const r = await buildEpochImage({ baseDir: base, outDir: out, state: { ...epoch.state, fds: changed } });

@@ -347,4 +347,45 @@ describe('failover', () => {
     expect(err.message).toMatch(/child processes .* not supported/);
     expect(sb.stats().committedEpoch).toBe(0);
   });
+
+  it('connections accepted after the base image: no new base for them, and the restored server gets closed sockets in their place', async () => {
+    const dir = tempDir('fo'); later(() => dir.remove());
+    const { file, security } = makeKey(dir.path);
+    const port = 20_000 + Math.floor(Math.random() * 20_000);
+    const script = join(dir.path, 'server.mjs');
+    writeFileSync(script, `
+      import { createServer } from 'node:http';
+      let hits = 0;
+      const s = createServer((req, res) => { hits++; res.end(String(hits)); });
+      s.keepAliveTimeout = 600000;
+      s.listen(${port}, '127.0.0.1');
+    `);
+    const t = await spawnTarget(process.execPath, [script], { stdio: 'ignore' });
+    later(async () => { killPid(t.pid); await t.exited; });
+    await until(async () => !!(await fetch(`http://127.0.0.1:${port}/`).catch(() => null)), 10_000, 'the server to listen');
+    const { sb } = await startStandby(dir.path, security, { promotion: { health: { kind: 'tcp', host: '127.0.0.1', port } } });
+    const pr = startPrimaryCli(t.pid, sb.port, file);
+    await pr.next('synced', 60_000);
+    // Five clients connect after the base image and stay connected.
+    const { connect } = await import('node:net');
+    const sockets = await Promise.all(Array.from({ length: 5 }, () => new Promise<import('node:net').Socket>((resolve) => {
+      const c = connect(port, '127.0.0.1', () => { c.write('GET / HTTP/1.1\r\nHost: x\r\n\r\n'); c.once('data', () => resolve(c)); });
+      c.on('error', () => undefined);
+    })));
+    later(() => { for (const c of sockets) c.destroy(); });
+    await committedAfter(sb, Date.now());
+    await sleep(300);
+    expect(pr.events.filter((e) => e.event === 'rebase')).toHaveLength(0);
+    killPid(Number(pr.child.pid));
+    killPid(t.pid);
+    await t.exited;
+    await waitGone(t.pid);
+    const r = await promoted(sb, 60_000);
+    expect(r.outcome, r.errors.join('\n')).toBe('restored');
+    // The restored server has sockets at those numbers (libuv would abort on EBADF) and keeps serving.
+    const { readdirSync } = await import('node:fs');
+    expect(readdirSync(`/proc/${t.pid}/fd`).length).toBeGreaterThanOrEqual(5);
+    for (let i = 0; i < 3; i++) expect(Number(await (await fetch(`http://127.0.0.1:${port}/`, { headers: { connection: 'close' } })).text())).toBeGreaterThan(5);
+    expect(existsSync(`/proc/${t.pid}`)).toBe(true);
+  });
 });

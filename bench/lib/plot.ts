@@ -30,26 +30,35 @@ export async function renderSvg(spec: Record<string, unknown>): Promise<string> 
 export function barsWithRange(o: {
   title: string; subtitle?: string; data: Array<Record<string, unknown>>;
   x: string; xTitle: string | null; y: string; yTitle: string; color?: string; colorTitle?: string;
-  column?: string; columnTitle?: string; xOrder?: string[]; colorOrder?: string[]; yLog?: boolean; width?: number | { step: number }; height?: number;
+  column?: string; columnTitle?: string; columnOrder?: string[]; xOrder?: string[];
+  /** Bars of one x side by side by color (default); false when each x has one color anyway. */
+  offset?: boolean; colorOrder?: string[]; yLog?: boolean; width?: number | { step: number }; height?: number;
   rule?: { y: number; label: string };
   independentY?: boolean;
 }): Record<string, unknown> {
   const yScale = o.yLog ? { type: 'log' } : { zero: true };
+  // A log scale has no room for zero, negative or missing values: such bars are left out,
+  // and a range end that is not positive is pinned to the bar.
+  const pos = (x: unknown): x is number => typeof x === 'number' && Number.isFinite(x) && x > 0;
+  const data = o.yLog
+    ? o.data.filter((d) => pos(d[o.y])).map((d) => ({ ...d, min: pos(d.min) ? d.min : d[o.y], max: pos(d.max) ? d.max : d[o.y] }))
+    : o.data.filter((d) => typeof d[o.y] === 'number' && Number.isFinite(d[o.y] as number));
+  const offset = o.color && o.offset !== false ? { xOffset: { field: o.color, sort: o.colorOrder ?? null } } : {};
   const layers: Array<Record<string, unknown>> = [
     {
       mark: { type: 'bar', tooltip: true },
       encoding: {
-        x: { field: o.x, type: 'nominal', title: o.xTitle, sort: o.xOrder ?? null, axis: { labelAngle: -30, labelLimit: 200 } },
-        y: { field: o.y, type: 'quantitative', title: o.yTitle, scale: yScale },
+        x: { field: o.x, type: 'nominal', title: o.xTitle, sort: o.xOrder ?? null, axis: { labelAngle: -30, labelLimit: 400 } },
+        y: { field: o.y, type: 'quantitative', title: o.yTitle, scale: yScale, stack: null },
         ...(o.color ? { color: { field: o.color, type: 'nominal', title: o.colorTitle ?? o.color, sort: o.colorOrder ?? null } } : {}),
-        ...(o.color ? { xOffset: { field: o.color, sort: o.colorOrder ?? null } } : {}),
+        ...offset,
       },
     },
     {
       mark: { type: 'rule', color: 'black', strokeWidth: 1.2 },
       encoding: {
         x: { field: o.x, type: 'nominal', sort: o.xOrder ?? null },
-        ...(o.color ? { xOffset: { field: o.color, sort: o.colorOrder ?? null } } : {}),
+        ...offset,
         y: { field: 'min', type: 'quantitative' },
         y2: { field: 'max' },
       },
@@ -63,11 +72,11 @@ export function barsWithRange(o: {
   const title = o.subtitle ? { text: o.title, subtitle: o.subtitle } : o.title;
   if (o.column) {
     return {
-      title, data: { values: o.data },
-      facet: { column: { field: o.column, type: 'nominal', title: o.columnTitle ?? null, sort: null } },
+      title, data: { values: data },
+      facet: { column: { field: o.column, type: 'nominal', title: o.columnTitle ?? null, sort: o.columnOrder ?? null } },
       spec: inner,
       ...(o.independentY ? { resolve: { scale: { y: 'independent' } } } : {}),
     };
   }
-  return { title, data: { values: o.data }, ...inner };
+  return { title, data: { values: data }, ...inner };
 }

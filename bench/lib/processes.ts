@@ -156,6 +156,6 @@ export async function autocannon(url: string, seconds: number, connections = 20)
   const t0 = performance.now();
   const out = await run(process.execPath, [AUTOCANNON, '-c', String(connections), '-d', String(seconds), '--json', url], { timeoutMs: (seconds + 60) * 1000 });
   const ms = performance.now() - t0;
-  const j = JSON.parse(out) as { requests: { average: number; total: number }; latency: { p50: number; p99: number }; errors: number; timeouts: number; non2xx: number; duration: number };
-  return { rps: j.requests.total / j.duration, p50Ms: j.latency.p50, p99Ms: j.latency.p99, ms, errors: j.errors + j.timeouts + j.non2xx, requests: j.requests.total };
+  const j = JSON.parse(out) as { requests: { average: number; total: number }; latency: { p50: number; p99: number; max: number }; errors: number; timeouts: number; non2xx: number; duration: number };
+  return { rps: j.requests.total / j.duration, p50Ms: j.latency.p50, p99Ms: j.latency.p99, maxMs: j.latency.max, ms, errors: j.errors + j.timeouts + j.non2xx, requests: j.requests.total };
 }

@@ -11,7 +11,7 @@
 //     every commit), at epochs of 25, 100 and 1000 ms,
 //   - baseline a: periodic CRIU dumps (bench/baselines/criu-periodic.ts) at the same periods.
 // Each session starts a fresh target, and the agents or the dumper, then runs the load.
-import { mkdtempSync } from 'node:fs';
+import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { locateCriu } from '../../src/criu/locate.js';
@@ -28,6 +28,7 @@ export type Config = { kind: 'none' } | { kind: 'ours'; epochMs: number } | { ki
 export type Workload = 'redis' | 'http';
 export type PhaseName = 'redis SET' | 'redis GET' | 'node HTTP';
 
+const PHASES: PhaseName[] = ['redis SET', 'redis GET', 'node HTTP'];
 export const LINK_BYTES_PER_S = 1e9 / 8; // 1 Gbit/s
 
 export function configLabel(c: Config): string {
@@ -36,6 +37,8 @@ export function configLabel(c: Config): string {
 
 export interface PhaseSample {
   phase: PhaseName; rps: number; p50Ms: number; p99Ms: number; ms: number; requests?: number; errors?: number;
+  /** The slowest request: the longest stall the clients saw. */
+  maxMs?: number;
   /** ours: commits during the phase. */
   commits?: number; epochs?: number; pages?: number; wireBytes?: number;
   pauseMs?: { p50: number; p99: number; max: number };
@@ -61,6 +64,8 @@ export interface Row {
   phase: PhaseName; config: string; kind: Config['kind']; epochMs: number | null; runs: number;
   rps: number; rpsMin: number; rpsMax: number; tputRatio: number; tputRatioMin: number; tputRatioMax: number;
   p99Ms: number; p99Min: number; p99Max: number; p99Ratio: number; p99RatioMin: number; p99RatioMax: number;
+  /** The slowest request of a run (median over rounds, min–max). */
+  maxMs: number; maxMin: number; maxMax: number;
   /** ours: agent's pause per epoch; CRIU: frozen time per dump (p50, p99, max: medians over rounds). */
   pauseP50Ms?: number; pauseP99Ms?: number; pauseMaxMs?: number;
   /** Link: wire bytes per epoch / per checkpoint, per second, compression (ours), checkpoints per second (CRIU). */
@@ -136,7 +141,7 @@ async function session(ctx: Ctx, round: number, workload: Workload, config: Conf
       const r = await load(ctx, workload, port, phase);
       const t1 = performance.now();
       if (primary) await primary.next('commit', 10_000 + (config.kind === 'ours' ? config.epochMs * 3 : 0)).catch(() => undefined);
-      const sample: PhaseSample = { phase, rps: r.rps, p50Ms: r.p50Ms, p99Ms: r.p99Ms, ms: t1 - t0, ...(r.requests !== undefined ? { requests: r.requests, errors: r.errors } : {}) };
+      const sample: PhaseSample = { phase, rps: r.rps, p50Ms: r.p50Ms, p99Ms: r.p99Ms, ...(r.maxMs !== undefined ? { maxMs: r.maxMs } : {}), ms: t1 - t0, ...(r.requests !== undefined ? { requests: r.requests, errors: r.errors } : {}) };
       if (primary) Object.assign(sample, oursPhase(primary.events, from, primary.events.length, before));
       if (dumps) Object.assign(sample, criuPhase(dumps.records, t0, t1));
       out.phases.push(sample);
@@ -161,12 +166,22 @@ async function session(ctx: Ctx, round: number, workload: Workload, config: Conf
   return out;
 }
 
-function rowsOf(sessions: Session[], configs: Config[]): Row[] {
+/** The sample of `phase` in the session of `round` with configuration `label` (none if that session failed). */
+function phaseOf(sessions: Session[], round: number, label: string, phase: PhaseName): PhaseSample | undefined {
+  for (const s of sessions) {
+    if (s.round !== round || s.label !== label || s.error) continue;
+    const p = s.phases.find((x) => x.phase === phase);
+    if (p) return p;
+  }
+  return undefined;
+}
+
+export function rowsOf(sessions: Session[], configs: Config[]): Row[] {
   const rows: Row[] = [];
   const phases: PhaseName[] = ['redis SET', 'redis GET', 'node HTTP'];
   const rounds = [...new Set(sessions.map((s) => s.round))];
   for (const phase of phases) {
-    const of = (label: string) => rounds.map((round) => sessions.find((s) => s.round === round && s.label === label && !s.error)?.phases.find((p) => p.phase === phase));
+    const of = (label: string) => rounds.map((round) => phaseOf(sessions, round, label, phase));
     const base = of('unreplicated');
     if (base.every((b) => !b)) continue;
     for (const c of configs) {
@@ -175,12 +190,13 @@ function rowsOf(sessions: Session[], configs: Config[]): Row[] {
       const got = ps.filter((p): p is PhaseSample => !!p);
       if (got.length === 0) continue;
       const paired = (f: (p: PhaseSample) => number) => ps.map((p, i) => (p && base[i] ? f(p) / f(base[i]!) : Number.NaN)).filter(Number.isFinite);
-      const rps = summary(got.map((p) => p.rps)); const p99 = summary(got.map((p) => p.p99Ms));
+      const rps = summary(got.map((p) => p.rps)); const p99 = summary(got.map((p) => p.p99Ms)); const mx = summary(got.map((p) => p.maxMs ?? Number.NaN));
       const tr = summary(paired((p) => p.rps)); const lr = summary(paired((p) => p.p99Ms));
       const row: Row = {
         phase, config: label, kind: c.kind, epochMs: c.kind === 'none' ? null : c.epochMs, runs: got.length,
         rps: rps.median, rpsMin: rps.min, rpsMax: rps.max, tputRatio: tr.median, tputRatioMin: tr.min, tputRatioMax: tr.max,
         p99Ms: p99.median, p99Min: p99.min, p99Max: p99.max, p99Ratio: lr.median, p99RatioMin: lr.min, p99RatioMax: lr.max,
+        maxMs: mx.median, maxMin: mx.min, maxMax: mx.max,
       };
       const med = (xs: Array<number | undefined>) => median(xs.filter((x): x is number => x !== undefined && Number.isFinite(x)));
       if (c.kind === 'ours') {
@@ -205,13 +221,13 @@ function rowsOf(sessions: Session[], configs: Config[]): Row[] {
   return rows;
 }
 
-function figuresOf(sessions: Session[], configs: Config[], rows: Row[]): Figure[] {
+export function figuresOf(sessions: Session[], configs: Config[], rows: Row[]): Figure[] {
   const F = new Figures('target-overhead');
   const rounds = [...new Set(sessions.map((s) => s.round))];
   const phases: PhaseName[] = ['redis SET', 'redis GET', 'node HTTP'];
   for (const phase of phases) {
     const series = (label: string, f: (p: PhaseSample) => number | undefined) => rounds.map((round) => {
-      const p = sessions.find((s) => s.round === round && s.label === label && !s.error)?.phases.find((x) => x.phase === phase);
+      const p = phaseOf(sessions, round, label, phase);
       const v = p ? f(p) : undefined;
       return v === undefined ? Number.NaN : v;
     });
@@ -220,6 +236,8 @@ function figuresOf(sessions: Session[], configs: Config[], rows: Row[]): Figure[
     if (baseT.every((x) => !Number.isFinite(x))) continue;
     const bT = F.add({ what: `${phase} throughput`, config: 'unreplicated', unit: 'req/s', values: baseT.filter(Number.isFinite), better: 'higher', over: 'runs' });
     const bL = F.add({ what: `${phase} p99 latency`, config: 'unreplicated', unit: 'ms', values: baseL.filter(Number.isFinite), better: 'lower', over: 'runs' });
+    const baseM = series('unreplicated', (p) => p.maxMs);
+    const bM = F.add({ what: `${phase} slowest request`, config: 'unreplicated', unit: 'ms', values: baseM.filter(Number.isFinite), better: 'lower', over: 'runs' });
     const pairedAdd = (what: string, unit: string, label: string, values: number[], base: { figure: Figure; values: number[] }, better: 'higher' | 'lower', key?: string) => {
       const keep = values.map((v, i) => Number.isFinite(v) && Number.isFinite(base.values[i]!));
       F.add({ what, config: label, unit, values: values.filter((_, i) => keep[i]), better, over: 'runs', key }, { figure: base.figure, values: base.values.filter((_, i) => keep[i]) });
@@ -231,6 +249,7 @@ function figuresOf(sessions: Session[], configs: Config[], rows: Row[]): Figure[
       if (t.every((x) => !Number.isFinite(x))) continue;
       pairedAdd(`${phase} throughput`, 'req/s', label, t, { figure: bT, values: baseT }, 'higher');
       pairedAdd(`${phase} p99 latency`, 'ms', label, series(label, (p) => p.p99Ms), { figure: bL, values: baseL }, 'lower');
+      pairedAdd(`${phase} slowest request`, 'ms', label, series(label, (p) => p.maxMs), { figure: bM, values: baseM }, 'lower');
     }
     // Ours against periodic CRIU dumps at the same period, round by round.
     for (const c of configs) {
@@ -270,7 +289,7 @@ export async function runOverhead(o: RunContext): Promise<ScenarioOutput<Overhea
   const configs = CONFIGS(epochs);
   const rounds = o.quick ? 2 : 5;
   const work = mkdtempSync(join(tmpdir(), 'remus-bench-overhead-'));
-  cleanup.dir(work);
+  const offWork = cleanup.dir(work);
   const key = join(work, 'key');
   writeSecretFile(key, { force: true });
   // CRIU locks every dumped TCP connection while it dumps: with its default (iptables, one
@@ -281,25 +300,31 @@ export async function runOverhead(o: RunContext): Promise<ScenarioOutput<Overhea
   const sessions: Session[] = [];
   const total = rounds * configs.length * 2;
   let done = 0;
-  for (let round = 1; round <= rounds; round++) {
-    const order = round % 2 ? configs : [...configs].reverse();
-    for (const workload of ['redis', 'http'] as Workload[]) {
-      for (const c of order) {
-        o.progress(done, total, `round ${round}/${rounds} ${workload === 'redis' ? 'redis' : 'node HTTP'} · ${configLabel(c)}`);
-        const s = await session(ctx, round, workload, c);
-        done++;
-        sessions.push(s);
-        if (s.error) o.log(`round ${round} ${workload} ${s.label}: FAILED: ${s.error.slice(0, 400)}`);
-        for (const p of s.phases) {
-          const extra = p.commits !== undefined ? `, ${p.epochs} epochs, ${Math.round((p.wireBytes ?? 0) / Math.max(1, p.epochs ?? 1))} B/epoch, pause p99 ${fmt(p.pauseMs?.p99)} ms`
-            : p.dumps !== undefined ? `, ${p.dumps} dumps (${p.dumpsFailed} failed), frozen p50 ${fmt(p.frozenMs?.p50)} ms, ${Math.round((p.shippedBytes ?? 0) / Math.max(1, p.dumps - (p.dumpsFailed ?? 0)))} B/dump` : '';
-          o.log(`round ${round} ${p.phase} ${s.label}: ${Math.round(p.rps)} req/s, p99 ${fmt(p.p99Ms)} ms${extra}${s.rebases ? `, ${s.rebases} re-bases` : ''}`);
+  try {
+    for (let round = 1; round <= rounds; round++) {
+      const order = round % 2 ? configs : [...configs].reverse();
+      for (const workload of ['redis', 'http'] as Workload[]) {
+        for (const c of order) {
+          o.progress(done, total, `round ${round}/${rounds} ${workload === 'redis' ? 'redis' : 'node HTTP'} · ${configLabel(c)}`);
+          const s = await session(ctx, round, workload, c);
+          done++;
+          sessions.push(s);
+          if (s.error) o.log(`round ${round} ${workload} ${s.label}: FAILED: ${s.error.slice(0, 400)}`);
+          for (const p of s.phases) {
+            const extra = p.commits !== undefined ? `, ${p.epochs} epochs, ${Math.round((p.wireBytes ?? 0) / Math.max(1, p.epochs ?? 1))} B/epoch, pause p99 ${fmt(p.pauseMs?.p99)} ms`
+              : p.dumps !== undefined ? `, ${p.dumps} dumps (${p.dumpsFailed} failed), frozen p50 ${fmt(p.frozenMs?.p50)} ms, ${Math.round((p.shippedBytes ?? 0) / Math.max(1, p.dumps - (p.dumpsFailed ?? 0)))} B/dump` : '';
+            o.log(`round ${round} ${p.phase} ${s.label}: ${Math.round(p.rps)} req/s, p99 ${fmt(p.p99Ms)} ms, slowest ${fmt(p.maxMs, 0)} ms${extra}${s.rebases ? `, ${s.rebases} re-bases` : ''}`);
+          }
+          if (s.criuErrors) o.log(`  CRIU dump failures: ${s.criuErrors.join(' / ')}`);
         }
-        if (s.criuErrors) o.log(`  CRIU dump failures: ${s.criuErrors.join(' / ')}`);
       }
     }
+  } finally {
+    rmSync(work, { recursive: true, force: true });
+    offWork();
   }
   o.progress(total, total, 'done');
+  if (sessions.every((s) => s.error)) throw new Error(`every session failed; the first: ${sessions[0]?.error}`);
   const rows = rowsOf(sessions, configs);
   return {
     figures: figuresOf(sessions, configs, rows),
@@ -319,8 +344,8 @@ export function renderOverhead(r: ScenarioResult<OverheadData>, plot: (name: str
   const rows = d.rows;
   const tput = rows.filter((x) => x.kind !== 'none').map((x) => ({ phase: x.phase, config: x.config, kind: x.kind === 'ours' ? 'ours' : 'CRIU dumps', value: x.tputRatio, min: x.tputRatioMin, max: x.tputRatioMax }));
   const p99 = rows.filter((x) => x.kind !== 'none').map((x) => ({ phase: x.phase, config: x.config, kind: x.kind === 'ours' ? 'ours' : 'CRIU dumps', value: x.p99Ratio, min: x.p99RatioMin, max: x.p99RatioMax }));
-  const pause = rows.filter((x) => x.kind !== 'none' && x.pauseP99Ms !== undefined && Number.isFinite(x.pauseP99Ms)).map((x) => ({ phase: x.phase, config: x.config, value: x.pauseP99Ms!, min: x.pauseP50Ms!, max: x.pauseMaxMs! }));
-  const link = rows.filter((x) => x.kind !== 'none' && x.bytesPerSecond !== undefined).map((x) => ({ phase: x.phase, config: x.config, value: x.bytesPerSecond! / 1e6, min: x.bytesPerSecondMin! / 1e6, max: x.bytesPerSecondMax! / 1e6 }));
+  const pause = rows.filter((x) => x.kind !== 'none' && x.pauseP99Ms !== undefined && Number.isFinite(x.pauseP99Ms)).map((x) => ({ phase: x.phase, config: x.config, kind: x.kind === 'ours' ? 'ours' : 'CRIU dumps', value: x.pauseP99Ms!, min: x.pauseP50Ms!, max: x.pauseMaxMs! }));
+  const link = rows.filter((x) => x.kind !== 'none' && x.bytesPerSecond !== undefined).map((x) => ({ phase: x.phase, config: x.config, kind: x.kind === 'ours' ? 'ours' : 'CRIU dumps', value: x.bytesPerSecond! / 1e6, min: x.bytesPerSecondMin! / 1e6, max: x.bytesPerSecondMax! / 1e6 }));
   const figs = r.figures;
   const byPhase = (p: PhaseName) => rows.filter((x) => x.phase === p);
   const lines: string[] = [
@@ -334,21 +359,22 @@ export function renderOverhead(r: ScenarioResult<OverheadData>, plot: (name: str
     '',
     plot('throughput', barsWithRange({
       title: 'Throughput relative to unreplicated (same round)', subtitle: 'median over rounds, bar = min–max; 1.0 = no loss',
-      data: tput, x: 'config', xTitle: null, y: 'value', yTitle: 'throughput / unreplicated', color: 'kind', colorTitle: '', column: 'phase', xOrder: order, rule: { y: 1, label: 'unreplicated' }, width: { step: 26 },
+      data: tput, x: 'config', xTitle: null, y: 'value', yTitle: 'throughput / unreplicated', color: 'kind', colorTitle: '', column: 'phase', columnOrder: PHASES, offset: false, xOrder: order, rule: { y: 1, label: 'unreplicated' }, width: { step: 26 },
     }), 'Throughput relative to unreplicated, per workload and configuration'),
     '',
     plot('p99', barsWithRange({
       title: 'p99 latency relative to unreplicated (same round)', subtitle: 'median over rounds, bar = min–max; log scale',
-      data: p99, x: 'config', xTitle: null, y: 'value', yTitle: 'p99 latency / unreplicated', color: 'kind', colorTitle: '', column: 'phase', xOrder: order, yLog: true, rule: { y: 1, label: 'unreplicated' }, width: { step: 26 },
+      data: p99, x: 'config', xTitle: null, y: 'value', yTitle: 'p99 latency / unreplicated', color: 'kind', colorTitle: '', column: 'phase', columnOrder: PHASES, offset: false, xOrder: order, yLog: true, rule: { y: 1, label: 'unreplicated' }, width: { step: 26 },
     }), 'p99 latency relative to unreplicated'),
     '',
   ];
   for (const phase of ['redis SET', 'redis GET', 'node HTTP'] as PhaseName[]) {
     const rs = byPhase(phase);
     if (!rs.length) continue;
-    lines.push(`### ${phase}`, '', table(['configuration', 'req/s (min–max)', 'throughput / unreplicated', 'p99 ms (min–max)', 'p99 / unreplicated', 'pause per checkpoint p50 / p99 / max ms', 're-bases'],
+    lines.push(`### ${phase}`, '', table(['configuration', 'req/s (min–max)', 'throughput / unreplicated', 'p99 ms (min–max)', 'p99 / unreplicated', 'slowest request ms (min–max)', 'pause per checkpoint p50 / p99 / max ms', 're-bases'],
       rs.map((x) => [x.config, `${fmt(x.rps, 0)} (${fmt(x.rpsMin, 0)}–${fmt(x.rpsMax, 0)})`, x.kind === 'none' ? '1' : `${fmt(x.tputRatio, 3)} (${fmt(x.tputRatioMin, 3)}–${fmt(x.tputRatioMax, 3)})`,
         `${fmt(x.p99Ms)} (${fmt(x.p99Min)}–${fmt(x.p99Max)})`, x.kind === 'none' ? '1' : `${fmt(x.p99Ratio)} (${fmt(x.p99RatioMin)}–${fmt(x.p99RatioMax)})`,
+        x.maxMs !== undefined && Number.isFinite(x.maxMs) ? `${fmt(x.maxMs, 0)} (${fmt(x.maxMin, 0)}–${fmt(x.maxMax, 0)})` : '–',
         x.pauseP50Ms !== undefined ? `${fmt(x.pauseP50Ms)} / ${fmt(x.pauseP99Ms)} / ${fmt(x.pauseMaxMs)}` : '–', x.kind === 'ours' ? fmt(x.rebases, 0) : '–'])), '');
   }
   lines.push(
@@ -356,7 +382,7 @@ export function renderOverhead(r: ScenarioResult<OverheadData>, plot: (name: str
     '',
     plot('pause', barsWithRange({
       title: 'Pause per checkpoint: ours (pause per epoch) and CRIU (frozen time per dump)', subtitle: 'bar = p99, rule = p50 to max; medians over rounds; log scale',
-      data: pause, x: 'config', xTitle: null, y: 'value', yTitle: 'ms', column: 'phase', xOrder: order.filter((x) => x !== 'unreplicated'), yLog: true, width: { step: 22 },
+      data: pause, x: 'config', xTitle: null, y: 'value', yTitle: 'ms', color: 'kind', colorTitle: '', offset: false, column: 'phase', columnOrder: PHASES, xOrder: order.filter((x) => x !== 'unreplicated'), yLog: true, width: { step: 26 },
     }), 'Pause per checkpoint, ours and CRIU'),
     '',
   );
@@ -367,7 +393,7 @@ export function renderOverhead(r: ScenarioResult<OverheadData>, plot: (name: str
   lines.push(
     '## 3. Link use: bytes per epoch, compression, and a 1 Gbit/s link',
     '',
-    `Derived from the sessions of section 2 (same run, same command: ${`\`${r.command}\``}). Ours: the wire bytes of the batches the primary committed during the load phase (encoded pages plus message framing; what TLS carries), over the epochs those batches covered; compression = raw dirty pages (4096 B each) / wire bytes. CRIU: the tar stream shipped per dump (every page of the process, each time). A 1 Gbit/s link carries 125 MB/s: the share of it the workload uses, and what it would sustain: for ours, the dirty rate (raw MB/s of written pages) at the compression measured; for CRIU, checkpoints per second of this size.`,
+    `Derived from the sessions of section 2 (same run, same command: ${`\`${r.command}\``}). Ours: the wire bytes of the batches the primary committed during the load phase (encoded pages plus message framing; what TLS carries), over the epochs those batches covered; compression = raw dirty pages (4096 B each) / wire bytes. A re-base (see the re-bases column above) sends a whole new CRIU base image inside its batch, and those bytes count here too: where a re-base falls in a short phase, it dominates the bytes (compression below 1× means that). CRIU: the tar stream shipped per dump (every page of the process, each time). A 1 Gbit/s link carries 125 MB/s: the share of it the workload uses, and what it would sustain: for ours, the dirty rate (raw MB/s of written pages) at the compression measured; for CRIU, checkpoints per second of this size.`,
     '',
     table(['workload', 'configuration', 'bytes per epoch / checkpoint', 'MB/s on the link (min–max)', 'compression', 'epochs or dumps per s', 'share of 1 Gbit/s', '1 Gbit/s sustains'],
       linkRows.map((x) => [x.phase, x.config, mb(x.bytesPerEpoch), `${fmt((x.bytesPerSecond ?? 0) / 1e6, 2)} (${fmt((x.bytesPerSecondMin ?? 0) / 1e6, 2)}–${fmt((x.bytesPerSecondMax ?? 0) / 1e6, 2)})`,
@@ -376,7 +402,7 @@ export function renderOverhead(r: ScenarioResult<OverheadData>, plot: (name: str
     '',
     plot('link', barsWithRange({
       title: 'Bytes on the link per second: ours against shipping CRIU dumps', subtitle: 'median over rounds, bar = min–max; log scale; red line = 1 Gbit/s',
-      data: link, x: 'config', xTitle: null, y: 'value', yTitle: 'MB/s', column: 'phase', xOrder: order.filter((x) => x !== 'unreplicated'), yLog: true, rule: { y: LINK_BYTES_PER_S / 1e6, label: '1 Gbit/s' }, width: { step: 22 },
+      data: link, x: 'config', xTitle: null, y: 'value', yTitle: 'MB/s', color: 'kind', colorTitle: '', offset: false, column: 'phase', columnOrder: PHASES, xOrder: order.filter((x) => x !== 'unreplicated'), yLog: true, rule: { y: LINK_BYTES_PER_S / 1e6, label: '1 Gbit/s' }, width: { step: 26 },
     }), 'Bytes per second on the link'),
     '',
     '### Every figure of sections 2 and 3',

@@ -57,6 +57,9 @@ struct OpenFd {
   uint32_t flags = 0;     // fdinfo "flags" (octal there): O_ACCMODE, O_APPEND, O_NONBLOCK...
   int64_t size = -1;      // for regular files: st_size; -1 otherwise
   uint64_t inode = 0;     // st_ino of what it refers to (0 if unknown)
+  // For sockets: "tcp-listen", "tcp" (connected or connecting), "udp", "unix", "raw",
+  // "netlink", "socket" (anything else); "" for descriptors that are not sockets.
+  std::string kind;
 };
 
 // Every open descriptor, in fd order. Descriptors closed meanwhile are skipped.

@@ -126,6 +126,7 @@ Napi::Value EpochToJs(Napi::Env env, EpochData& d, const std::shared_ptr<BufferP
     x.Set("flags", Napi::Number::New(env, f.flags));
     x.Set("size", Napi::Number::New(env, static_cast<double>(f.size)));
     x.Set("inode", Napi::Number::New(env, static_cast<double>(f.inode)));
+    x.Set("kind", Napi::String::New(env, f.kind));
     fds[i] = x;
   }
   o.Set("fds", fds);

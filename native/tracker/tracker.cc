@@ -6,6 +6,8 @@
 #include <sys/mman.h>
 #include <sys/syscall.h>
 #include <sys/uio.h>
+#include "core/unique_fd.h"
+#include <sys/socket.h>
 
 #include "core/caps.h"
 #include "core/errors.h"
@@ -111,6 +113,7 @@ EpochData Tracker::Epoch(const EpochOptions& options) {
     // Read while frozen: the image of this epoch needs the descriptors as they are now
     // (file positions), and a change since the base image means a new base.
     data.fds = ReadFds(pid_);
+    ClassifySockets(data.fds);
     data.children = ReadChildren(pid_);
   }
   uint64_t t2 = NowNs();
@@ -162,6 +165,53 @@ uint64_t Tracker::ReadLive(const std::vector<PageRange>& ranges, uint8_t* out) {
     out += len;
   }
   return unreadable;
+}
+
+// A connection socket and a listening one look alike in /proc/PID/fd; restore treats them
+// very differently (a connection comes back closed, a listener must be there). Borrow the
+// descriptor with pidfd_getfd and ask the socket; once per socket, cached by inode.
+void Tracker::ClassifySockets(std::vector<OpenFd>& fds) {
+  UniqueFd pidfd;
+  std::unordered_map<uint64_t, std::string> seen;
+  for (auto& f : fds) {
+    if (f.target.rfind("socket:", 0) != 0) continue;
+    auto it = socket_kinds_.find(f.inode);
+    if (it != socket_kinds_.end()) {
+      f.kind = it->second;
+      seen.emplace(*it);
+      continue;
+    }
+    if (!pidfd.valid()) pidfd.reset(static_cast<int>(syscall(SYS_pidfd_open, pid_, 0)));
+    std::string kind = "socket";
+    bool settled = true;  // a TCP socket not yet listening nor connected may become either
+    UniqueFd dup(pidfd.valid() ? static_cast<int>(syscall(SYS_pidfd_getfd, pidfd.get(), f.fd, 0)) : -1);
+    if (dup.valid()) {
+      int domain = 0, type = 0, listening = 0;
+      socklen_t len = sizeof(int);
+      getsockopt(dup.get(), SOL_SOCKET, SO_DOMAIN, &domain, &len);
+      len = sizeof(int);
+      getsockopt(dup.get(), SOL_SOCKET, SO_TYPE, &type, &len);
+      len = sizeof(int);
+      getsockopt(dup.get(), SOL_SOCKET, SO_ACCEPTCONN, &listening, &len);
+      if (domain == AF_INET || domain == AF_INET6) {
+        if (type == SOCK_STREAM) {
+          kind = listening ? "tcp-listen" : "tcp";
+          struct sockaddr_storage peer;
+          socklen_t plen = sizeof peer;
+          if (!listening && getpeername(dup.get(), reinterpret_cast<struct sockaddr*>(&peer), &plen) != 0) settled = false;
+        }
+        else if (type == SOCK_DGRAM) kind = "udp";
+        else if (type == SOCK_RAW) kind = "raw";
+      } else if (domain == AF_UNIX) {
+        kind = "unix";
+      } else if (domain == AF_NETLINK) {
+        kind = "netlink";
+      }
+    }
+    f.kind = kind;
+    if (settled) seen.emplace(f.inode, kind);
+  }
+  socket_kinds_.swap(seen);  // forget closed sockets
 }
 
 }  // namespace remus

@@ -7,6 +7,7 @@
 #include <ctime>
 #include <memory>
 #include <string>
+#include <unordered_map>
 #include <sys/types.h>
 #include <vector>
 
@@ -95,6 +96,9 @@ class Tracker {
   bool brk_known_ = false;
   uint64_t brk_ = 0;
   std::pair<uint64_t, uint64_t> heap_{0, 0};
+  // Socket kinds by inode: a socket's kind never changes, so each is classified once.
+  std::unordered_map<uint64_t, std::string> socket_kinds_;
+  void ClassifySockets(std::vector<OpenFd>& fds);
 };
 
 }  // namespace remus

@@ -72,6 +72,8 @@ export interface RestoreOptions {
   lazyPages?: boolean;
   /** Whether the base needed --shell-job. */
   shellJob?: boolean;
+  /** Leave the restored process stopped (SIGSTOP); the caller sends SIGCONT. */
+  leaveStopped?: boolean;
   timeoutMs?: number;
   extraArgs?: string[];
 }
@@ -86,6 +88,7 @@ export async function criuRestore(o: RestoreOptions): Promise<CriuResult & { pid
   if (o.tcpClose !== false) args.push('--tcp-close'); else args.push('--tcp-established');
   if (o.shellJob) args.push('--shell-job');
   if (o.lazyPages) args.push('--lazy-pages');
+  if (o.leaveStopped) args.push('--leave-stopped');
   args.push(...(o.extraArgs ?? []));
   const t0 = performance.now();
   const r = await run(o.criu, args, o.timeoutMs ?? 60_000);

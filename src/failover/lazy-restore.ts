@@ -130,14 +130,14 @@ export class LazyRestorer {
   }
 
   /** `criu restore --lazy-pages` of the image the caller built in `dir`. */
-  async restore(o: { shellJob?: boolean; tcpClose?: boolean; onFailure?: (why: string) => void }): Promise<LazyRestore> {
+  async restore(o: { shellJob?: boolean; tcpClose?: boolean; leaveStopped?: boolean; onFailure?: (why: string) => void }): Promise<LazyRestore> {
     if (!this.ready) throw new Error('this lazy restore was used, closed, or its daemon died');
     this.#used = true;
     const d = this.#daemon;
     const server = this.#server;
     let restored: { pid: number; ms: number };
     try {
-      restored = await criuRestore({ criu: this.#criu, dir: this.dir, lazyPages: true, shellJob: o.shellJob, tcpClose: o.tcpClose, timeoutMs: 30_000 });
+      restored = await criuRestore({ criu: this.#criu, dir: this.dir, lazyPages: true, shellJob: o.shellJob, tcpClose: o.tcpClose, leaveStopped: o.leaveStopped, timeoutMs: 30_000 });
     } catch (e) {
       const tail = await d.logTail(8);
       await this.close();

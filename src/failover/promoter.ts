@@ -6,7 +6,7 @@
 //   -> criu restore -d (this process is the subreaper of what it restores)
 //   -> health check; a failed restore or check is retried (3 attempts in all), then
 //      --fallback-cmd cold-starts the service and the failure is reported loudly.
-import { existsSync, readFileSync } from 'node:fs';
+import { existsSync, readdirSync, readFileSync } from 'node:fs';
 import { mkdir, readdir, readFile, rename, rm } from 'node:fs/promises';
 import { join } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
@@ -85,6 +85,26 @@ export interface PromotionResult {
 
 export function defaultRestoreRoot(dir: string): string {
   return existsSync('/dev/shm') ? '/dev/shm/remus-replicate' : join(dir, 'restore');
+}
+
+/**
+ * Descriptors of the epoch the restored process lacks (connections accepted after the base
+ * image): closed sockets go at those numbers, then the process is resumed (SIGCONT). It is
+ * never left stopped, even if placing them fails.
+ */
+async function placeMissingDescriptors(pid: number, state: EpochState, log: Logger): Promise<void> {
+  try {
+    const have = new Set(readdirSync(`/proc/${pid}/fd`).map(Number));
+    const missing = state.fds.filter((f) => !have.has(f.fd)).map((f) => f.fd);
+    if (missing.length) {
+      const placed = await native().placeholderSockets(pid, missing);
+      log.info({ fds: missing, placed }, 'closed sockets put where connections made after the base image were');
+    }
+  } catch (e) {
+    log.warn({ err: (e as Error).message }, 'could not place sockets for descriptors the image lacks; the program may see EBADF on them');
+  } finally {
+    try { process.kill(pid, 'SIGCONT'); } catch { /* gone */ }
+  }
 }
 
 /** A few words on a process for error messages: alive and in which state, or gone. */
@@ -208,7 +228,7 @@ export async function promote(store: EpochStore, dir: string, o: PromotionOption
             timings.daemonMs = performance.now() - td;
           }
           lr = await restorer.restore({
-            shellJob: meta?.shellJob, tcpClose: o.tcpClose,
+            shellJob: meta?.shellJob, tcpClose: o.tcpClose, leaveStopped: true,
             onFailure: (why: string) => { log.error({ why }, 'LAZY PAGE TRANSFER FAILED: the restored process was killed'); o.onLazyFailure?.(why); },
           });
         } catch (e) {
@@ -224,10 +244,15 @@ export async function promote(store: EpochStore, dir: string, o: PromotionOption
           log[d.ok ? 'info' : 'error']({ pages: d.pagesServed, ms: Math.round(d.ms), error: d.error }, d.ok ? 'every page is in place' : 'lazy transfer failed');
         });
       } else {
-        const r = await criuRestore({ criu: o.criu, dir: imageDir, tcpClose: o.tcpClose, shellJob: meta?.shellJob });
+        const r = await criuRestore({ criu: o.criu, dir: imageDir, tcpClose: o.tcpClose, shellJob: meta?.shellJob, leaveStopped: true });
         timings.restoreMs = r.ms;
         pid = r.pid;
       }
+      // Restored stopped: put closed sockets where connections made after the base were,
+      // then let it run.
+      const tr = performance.now();
+      await placeMissingDescriptors(pid, c.state, log);
+      timings.restoreMs += performance.now() - tr;
       log.info({ pid, epoch: c.epoch, lazy: lazyUsed, buildMs: Math.round(timings.buildMs), restoreMs: Math.round(timings.restoreMs) }, 'restored');
       if (o.health) {
         timings.healthMs = await waitHealthy(o.health, o.healthTimeoutMs ?? 10_000).catch((e: Error) => {

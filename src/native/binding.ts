@@ -54,6 +54,8 @@ export interface NativeOpenFd {
   /** st_size for regular files, -1 otherwise. */
   size: number;
   inode: number;
+  /** For sockets: 'tcp-listen', 'tcp' (a connection), 'udp', 'unix', 'raw', 'netlink', 'socket'; '' otherwise. */
+  kind: string;
 }
 
 export interface NativeEpoch {
@@ -194,6 +196,8 @@ export interface NativeAddon {
   setChildSubreaper(): void;
   /** Reaps `pid` if it exited (never blocks): null while it runs. */
   reapChild(pid: number): { code: number; signal: number; notChild: boolean } | null;
+  /** In a stopped process: an unconnected TCP socket at each of `fds` (see native/process/placeholders.h). */
+  placeholderSockets(pid: number, fds: number[]): Promise<number>;
   parsePagemap(entries: Buffer, start: bigint): { present: BigUint64Array; softDirty: BigUint64Array };
   /**
    * Benchmark only (blocks the JS thread): the floor of an epoch. Without `ranges`: a

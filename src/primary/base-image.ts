@@ -21,12 +21,16 @@ export interface BaseImage {
 
 /**
  * What must not change between a base and an epoch restored on top of it: the threads,
- * the open descriptors (what they refer to and their flags; not their positions, which
- * the image builder sets), and the file-backed mappings. Children are refused elsewhere.
+ * the open descriptors but TCP connections (what they refer to and their flags; not their
+ * positions, which the image builder sets), and the file-backed mappings. Children are
+ * refused elsewhere.
  */
 export function fingerprint(s: EpochState): string {
   const threads = s.threads.map((t) => t.tid).sort((a, b) => a - b).join(',');
-  const fds = s.fds.map((f) => `${f.fd}=${f.target}@${f.flags.toString(8)}`).join(',');
+  // TCP connections are left out: restore brings them back closed anyway, and one that
+  // is not in the base gets a closed placeholder socket at its number (see promotion), so
+  // a service's clients coming and going need no new base.
+  const fds = s.fds.filter((f) => f.kind !== 'tcp').map((f) => `${f.fd}=${f.target}@${f.flags.toString(8)}`).join(',');
   const maps = [...new Set(s.vmas.filter((v) => v.inode !== 0).map((v) => `${v.path}#${v.inode}`))].sort().join(',');
   return `threads:${threads}|fds:${fds}|maps:${maps}`;
 }

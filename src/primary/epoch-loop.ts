@@ -20,7 +20,7 @@ export function toCaptured(e: Epoch, pid: number, base = ''): CapturedEpoch {
     vmas: e.vmas.map((v) => ({ start: v.start, end: v.end, perms: v.perms, offset: v.offset, dev: v.dev, inode: v.inode, path: v.path })),
     brk: e.brk,
     clocks: e.clocks,
-    fds: e.fds.map((f) => ({ fd: f.fd, target: f.target, pos: f.pos, flags: f.flags, size: f.size })),
+    fds: e.fds.map((f) => ({ fd: f.fd, target: f.target, pos: f.pos, flags: f.flags, size: f.size, kind: f.kind })),
     children: e.children,
     base,
   };

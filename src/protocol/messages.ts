@@ -58,6 +58,11 @@ export interface FdWire {
   flags: number;
   /** st_size of a regular file, -1 for anything else. */
   size: number;
+  /**
+   * For sockets: 'tcp-listen', 'tcp' (a connection: restored closed, so a new one needs no
+   * new base), 'udp', 'unix', 'raw', 'netlink', 'socket'; '' for anything else.
+   */
+  kind: string;
 }
 
 /** What a consistent epoch carries besides pages: enough to build a CRIU image. */

@@ -173,7 +173,7 @@ function epochState(v: unknown, path: string): EpochState {
 }
 
 function fdState(v: unknown, path: string): FdWire {
-  const o = fields(v, path, ['fd', 'target', 'pos', 'flags', 'size']);
+  const o = fields(v, path, ['fd', 'target', 'pos', 'flags', 'size', 'kind']);
   const size = o.size;
   if (size !== -1) count(size, `${path}.size`);
   return {
@@ -182,6 +182,7 @@ function fdState(v: unknown, path: string): FdWire {
     pos: u64(o.pos, `${path}.pos`),
     flags: count(o.flags, `${path}.flags`, 0xffff_ffff),
     size: size as number,
+    kind: pattern(o.kind, `${path}.kind`, /^[a-z-]{0,16}$/, "like 'tcp-listen' or ''"),
   };
 }
 

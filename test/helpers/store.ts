@@ -71,7 +71,7 @@ export function makeState(epoch: number, vmas: VmaWire[]): EpochState {
     vmas,
     brk: 0x5555_5600_0000n + BigInt(epoch) * 4096n,
     clocks: { monotonicNs: BigInt(epoch) * 1_000_000_007n, boottimeNs: 2n ** 62n + BigInt(epoch), realtimeNs: 1_700_000_000_000_000_000n + BigInt(epoch) },
-    fds: [{ fd: 3, target: '/tmp/file', pos: BigInt(epoch) * 10n, flags: 0o2, size: epoch * 10 }],
+    fds: [{ fd: 3, target: '/tmp/file', pos: BigInt(epoch) * 10n, flags: 0o2, size: epoch * 10, kind: '' }],
     children: [],
     base: `b-${epoch}`,
   };
