@@ -11,7 +11,12 @@
 // in flight that delays heartbeat frames) resets the silence without skewing the statistics.
 
 export interface FailureDetector {
-  heartbeat(now?: number): void;
+  /**
+   * A heartbeat arrived. `sentAt`, the sender's own clock when it sent it, measures the
+   * gaps as the sender made them: a receiver whose event loop was busy for a while takes
+   * in several heartbeats at once, which would teach phi a jitter the link does not have.
+   */
+  heartbeat(now?: number, sentAt?: number): void;
   /** Traffic that proves liveness but is not a heartbeat (bulk data). */
   alive(now?: number): void;
   /** Suspicion now: phi, or for the fixed timeout 0 until it expires, then Infinity. */
@@ -22,6 +27,8 @@ export interface FailureDetector {
   /** Forget the history (a new connection). */
   reset(): void;
   readonly description: string;
+  /** What the detector has learnt of the heartbeats (phi: mean and standard deviation of the gaps). */
+  learnt(): { meanMs: number; stdMs: number };
 }
 
 export interface PhiOptions {
@@ -44,6 +51,7 @@ export class PhiDetector implements FailureDetector {
   #sum = 0;
   #sumSq = 0;
   #lastBeat: number | undefined;
+  #lastSent: number | undefined;
   #lastAlive: number | undefined;
 
   constructor(o: PhiOptions) {
@@ -68,6 +76,7 @@ export class PhiDetector implements FailureDetector {
     this.#push(h - this.#o.minStdDevMs);
     this.#push(h + this.#o.minStdDevMs);
     this.#lastBeat = undefined;
+    this.#lastSent = undefined;
     this.#lastAlive = undefined;
   }
 
@@ -82,15 +91,20 @@ export class PhiDetector implements FailureDetector {
     }
   }
 
-  heartbeat(now = performance.now()): void {
-    if (this.#lastBeat !== undefined) this.#push(now - this.#lastBeat);
+  heartbeat(now = performance.now(), sentAt?: number): void {
+    const bySender = sentAt !== undefined && this.#lastSent !== undefined ? sentAt - this.#lastSent : undefined;
+    if (bySender !== undefined && bySender > 0 && bySender < 100 * this.#o.heartbeatMs) this.#push(bySender);
+    else if (this.#lastBeat !== undefined) this.#push(now - this.#lastBeat);
     this.#lastBeat = now;
+    this.#lastSent = sentAt;
     this.#lastAlive = now;
   }
 
   alive(now = performance.now()): void {
     this.#lastAlive = now;
   }
+
+  learnt(): { meanMs: number; stdMs: number } { return { meanMs: this.#mean(), stdMs: this.#std() }; }
 
   #mean(): number { return this.#sum / this.#intervals.length; }
   #std(): number {
@@ -146,6 +160,7 @@ export class FixedTimeoutDetector implements FailureDetector {
   }
   suspected(now = performance.now()): boolean { return this.suspicion(now) === Infinity; }
   expectedDetectionMs(): number { return this.timeoutMs; }
+  learnt(): { meanMs: number; stdMs: number } { return { meanMs: 0, stdMs: 0 }; }
 }
 
 export type DetectorOptions =

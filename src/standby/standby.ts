@@ -64,8 +64,10 @@ export interface StandbyStats {
   /** The restored process is still running (after a promotion). */
   restoredRunning: boolean;
   detector: string;
-  /** Detection time the detector implies for a primary that stops mid-heartbeat. */
+  /** Detection time the detector implies, with what it has learnt of the heartbeats so far. */
   expectedDetectionMs: number;
+  /** Heartbeat gaps as the detector sees them. */
+  heartbeatGapMs: { mean: number; std: number };
   suspicion: number;
   pid: number;
   dir: string;
@@ -190,6 +192,7 @@ export class Standby extends EventEmitter {
     return {
       role: this.#role, promotion: this.#promotion, restoredRunning: this.#restoredRunning,
       detector: this.#detector.description, expectedDetectionMs: this.#detector.expectedDetectionMs(),
+      heartbeatGapMs: { mean: this.#detector.learnt().meanMs, std: this.#detector.learnt().stdMs },
       suspicion: this.#armed ? this.#detector.suspicion() : 0,
       pid: process.pid, dir: this.dir, listen: this.address,
       link: this.#session ? 'connected' : 'listening', peer: this.#session?.peer ?? null,
@@ -428,7 +431,7 @@ export class Standby extends EventEmitter {
     this.#detector.reset();
     this.#lastHeard = performance.now();
     this.#armed = true;
-    session.link.on('heartbeat', () => { this.#lastHeard = performance.now(); this.#detector.heartbeat(this.#lastHeard); });
+    session.link.on('heartbeat', (hb: { sentAt: number }) => { this.#lastHeard = performance.now(); this.#detector.heartbeat(this.#lastHeard, hb.sentAt); });
     session.link.on('message', () => { this.#lastHeard = performance.now(); this.#detector.alive(this.#lastHeard); });
     this.emit('peer', { state: 'connected', peer: session.peer });
     this.#log.info({ peer: session.peer }, 'primary connected');
