@@ -33,6 +33,8 @@ it('SIGKILL of the agent in the middle of a freeze leaves the target running', a
     }
     expect(caught).toBe(true);
     await agentExit;
+    const gone = await Promise.race([t.exited, new Promise((r) => setTimeout(() => r(null), 300))]);
+    if (gone) throw new Error(`the target died after the agent was killed: ${JSON.stringify(gone)}`);
     // Running again (not 't'), and making progress: the random writers keep writing.
     let running = false;
     for (let i = 0; i < 100 && !running; i++) {

@@ -494,13 +494,13 @@ export function renderCodec(r: ScenarioResult<CodecData>, plot: PlotSink): strin
     plot('encode', barsWithRange({
       title: 'Encode throughput per core', subtitle: 'median op, rule = slowest–fastest op; log scale',
       data: rows.map((x) => ({ workload: x.workload, method: x.method, value: x.encodeGBs, min: x.encodeGBsMin, max: x.encodeGBsMax })),
-      x: 'workload', xTitle: null, y: 'value', yTitle: 'GB/s per core', color: 'method', colorTitle: '', xOrder: order, colorOrder: methods, yLog: true, width: { step: 60 },
+      x: 'workload', xTitle: null, y: 'value', yTitle: 'GB/s per core', color: 'method', colorTitle: '', xOrder: order, colorOrder: methods, yLog: true, width: { step: 14 }, height: 260,
     }), 'Encode throughput per core, per workload and method'),
     '',
     plot('wire', barsWithRange({
       title: 'Size on the wire: how many times smaller than raw', subtitle: 'log scale; memcpy = 1',
       data: noMemcpy.map((x) => ({ workload: x.workload, method: x.method, value: x.ratio, min: x.ratio, max: x.ratio })),
-      x: 'workload', xTitle: null, y: 'value', yTitle: 'raw / wire', color: 'method', colorTitle: '', xOrder: order, colorOrder: methods.slice(1), yLog: true, width: { step: 48 },
+      x: 'workload', xTitle: null, y: 'value', yTitle: 'raw / wire', color: 'method', colorTitle: '', xOrder: order, colorOrder: methods.slice(1), yLog: true, width: { step: 16 }, height: 260,
     }), 'Compression ratio per workload and method'),
     '',
     table(['workload', 'method', 'encode GB/s per core (slowest–fastest op)', 'decode GB/s per core (slowest–fastest op)', 'encode GB/s wall', 'decode GB/s wall', 'wire / raw', 'smaller than raw'],

@@ -292,7 +292,7 @@ export function renderRedisFailover(r: ScenarioResult<RedisFailoverData>, plot: 
       encoding: {
         y: { field: 'system', type: 'nominal', title: null, sort: systems },
         x: { field: 'ms', type: 'quantitative', title: 'ms', stack: 'zero' },
-        color: { field: 'part', type: 'nominal', title: null },
+        color: { field: 'part', type: 'nominal', title: null, legend: { labelLimit: 400 } },
         order: { field: 'part', type: 'nominal', sort: 'ascending' },
       },
     }, 'Failover time of redis-server, ours and Sentinel'),

@@ -50,7 +50,7 @@ export function barsWithRange(o: {
       encoding: {
         x: { field: o.x, type: 'nominal', title: o.xTitle, sort: o.xOrder ?? null, axis: { labelAngle: -30, labelLimit: 400 } },
         y: { field: o.y, type: 'quantitative', title: o.yTitle, scale: yScale, stack: null },
-        ...(o.color ? { color: { field: o.color, type: 'nominal', title: o.colorTitle ?? o.color, sort: o.colorOrder ?? null } } : {}),
+        ...(o.color ? { color: { field: o.color, type: 'nominal', title: o.colorTitle ?? o.color, sort: o.colorOrder ?? null, legend: { labelLimit: 400 } } } : {}),
         ...offset,
       },
     },

@@ -159,8 +159,8 @@ export function renderPause(r: ScenarioResult<PauseData>, plot: PlotSink): strin
   const { rows, firstWrite: costs, unavailable } = r.data;
   const goal = rows.find((x) => x.backend === 'uffd-wp' && x.sizeMiB === 1024 && x.percent === 1);
   const points = rows.flatMap((x) => [
-    { series: `${x.backend}, ${x.sizeMiB} MiB: pause`, dirtyPages: x.dirtyPages, ms: x.pauseP50Ms, min: x.pauseMinMs, max: x.pauseMaxMs, kind: 'pause' },
-    { series: `${x.backend}, ${x.sizeMiB} MiB: floor`, dirtyPages: x.dirtyPages, ms: x.floorP50Ms, min: x.floorMinMs, max: x.floorMaxMs, kind: 'floor' },
+    { series: `${x.backend}, ${x.sizeMiB} MiB`, dirtyPages: x.dirtyPages, ms: x.pauseP50Ms, min: x.pauseMinMs, max: x.pauseMaxMs, kind: 'pause per epoch' },
+    { series: `${x.backend}, ${x.sizeMiB} MiB`, dirtyPages: x.dirtyPages, ms: x.floorP50Ms, min: x.floorMinMs, max: x.floorMaxMs, kind: 'floor (same pages)' },
   ]);
   return [
     '## 1. Pause per epoch against the dirty set (tracker), with the physical floor',
@@ -170,14 +170,15 @@ export function renderPause(r: ScenarioResult<PauseData>, plot: PlotSink): strin
     'Each sample: the target (test/targets/dirtier, every page populated) writes a random p % of its pages, then one epoch: freeze every thread, capture registers, layout and brk, find the dirty pages and re-arm, read them, thaw. The **floor** is measured in the same run on the same dirty set, without freezing: the target writes the same pages again, then one `PAGEMAP_SCAN` fast-path walk over the region finds and re-protects them and one thread reads exactly those pages with `process_vm_readv`: what any tracker must at least spend. (For hash, whose memory is not registered, the floor is the read alone.) Ratios are pause / floor of the same sample: median (min–max) over the samples; below 1 means the epoch beat a single-threaded floor (pages are read by two threads while the target is frozen).',
     '',
     plot('pause', {
-      title: { text: 'Pause per epoch against pages written, and the physical floor', subtitle: 'median over epochs, rule = min–max; log–log' },
+      title: { text: 'Pause per epoch against pages written, and the physical floor', subtitle: 'solid: pause per epoch; dashed: the floor on the same pages; median over epochs, rule = min–max; log–log' },
       data: { values: points }, width: 520, height: 300,
       layer: [
         { mark: { type: 'line', point: true, tooltip: true }, encoding: {
           x: { field: 'dirtyPages', type: 'quantitative', scale: { type: 'log' }, title: 'pages written in the epoch (4 KiB)' },
           y: { field: 'ms', type: 'quantitative', scale: { type: 'log' }, title: 'ms' },
-          color: { field: 'series', type: 'nominal', title: null },
-          strokeDash: { field: 'kind', type: 'nominal', title: null, scale: { domain: ['pause', 'floor'], range: [[1, 0], [4, 3]] } },
+          color: { field: 'series', type: 'nominal', title: 'backend, target' },
+          strokeDash: { field: 'kind', type: 'nominal', title: null, scale: { domain: ['pause per epoch', 'floor (same pages)'], range: [[1, 0], [4, 3]] }, legend: null },
+          detail: { field: 'kind', type: 'nominal' },
         } },
         { mark: { type: 'rule' }, encoding: {
           x: { field: 'dirtyPages', type: 'quantitative', scale: { type: 'log' } },

@@ -65,6 +65,16 @@ AttachInfo Tracker::Attach() {
   TargetView view{pid_, vmas, freezer, remote_, reader_, pagemap_.get()};
   backend_ = MakeBackend(choice_.kind, pid_);
   backend_->Arm(view);
+  // brk now, while frozen anyway: an injected syscall single-steps the target, and a
+  // tracer killed in that instant leaves it a SIGTRAP that kills it. Epochs then inject
+  // only when the heap moved.
+  for (const auto& v : vmas)
+    if (v.path == "[heap]") heap_ = {v.start, v.end};
+  long brk = remote_.Call(freezer.Injector(), SYS_brk, {0, 0, 0, 0, 0, 0}, vmas);
+  if (brk > 0) {
+    brk_ = static_cast<uint64_t>(brk);
+    brk_known_ = true;
+  }
   AttachInfo info{choice_.name, choice_.reason, 0, freezer.threads().size()};
   freezer.Thaw();
   info.arm_ns = NowNs() - t0;
