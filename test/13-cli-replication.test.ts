@@ -6,6 +6,7 @@ import { randomBytes } from 'node:crypto';
 import { statSync } from 'node:fs';
 import { afterEach, describe, expect, it } from 'vitest';
 import { cli } from './helpers/cli.js';
+import { freePorts } from './helpers/ports.js';
 import { CliProcess } from './helpers/cli-process.js';
 import { tempDir, until } from './helpers/replication.js';
 import { killAll, Target } from './helpers/target.js';
@@ -18,16 +19,6 @@ afterEach(async () => {
   await killAll();
 });
 
-/** `n` distinct free ports (all held open until every one is known). */
-async function freePorts(n: number): Promise<number[]> {
-  const { createServer } = await import('node:net');
-  const servers = await Promise.all(Array.from({ length: n }, () => new Promise<import('node:net').Server>((resolve) => {
-    const s = createServer().listen(0, '127.0.0.1', () => resolve(s));
-  })));
-  const ports = servers.map((s) => (s.address() as { port: number }).port);
-  await Promise.all(servers.map((s) => new Promise((r) => s.close(r))));
-  return ports;
-}
 
 function procStart(args: string[]): CliProcess {
   const p = new CliProcess(args);

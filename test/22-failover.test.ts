@@ -9,7 +9,7 @@ import { afterEach, describe, expect, it } from 'vitest';
 import type { PromotionResult } from '../src/failover/promoter.js';
 import { createLogger, type LogLevel } from '../src/log/logger.js';
 import { native } from '../src/native/binding.js';
-import { Primary, RefusedError } from '../src/primary/primary.js';
+import { Primary } from '../src/primary/primary.js';
 import { spawnTarget } from '../src/spawn/spawn-target.js';
 import { Standby, type StandbyOptions } from '../src/standby/standby.js';
 import { CliProcess } from './helpers/cli-process.js';
@@ -312,7 +312,6 @@ describe('failover', () => {
     expect(f.reason).toMatch(/stale|promoted|newer/i);
     await old.proc.exited; // the stale copy was stopped
     expect(sb.stats().role).toBe('primary');
-    void RefusedError;
   });
 
   it('the target exits on a healthy primary: the standby is told and does not promote', async () => {

@@ -5,13 +5,16 @@
 // registered with the run's clean-up, so that a failure or Ctrl-C ends it by PID.
 import { spawn, type ChildProcess, type SpawnOptions } from 'node:child_process';
 import { existsSync } from 'node:fs';
-import { connect, createServer } from 'node:net';
+import { connect } from 'node:net';
 import { join } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { spawnTarget, type SpawnedTarget } from '../../src/spawn/spawn-target.js';
 import { packageRoot } from '../../src/util/paths.js';
 import { CliProcess } from '../../test/helpers/cli-process.js';
 import { Cleanup } from './harness.js';
+import { freePort } from '../../test/helpers/ports.js';
+
+export { freePort };
 
 export { CliProcess };
 
@@ -92,16 +95,6 @@ export function tcpOpen(port: number, host = '127.0.0.1'): Promise<boolean> {
   });
 }
 
-export function freePort(): Promise<number> {
-  return new Promise((resolve, reject) => {
-    const s = createServer();
-    s.once('error', reject);
-    s.listen(0, '127.0.0.1', () => {
-      const port = (s.address() as { port: number }).port;
-      s.close(() => resolve(port));
-    });
-  });
-}
 
 /** A port p such that p and p + 1 are free (a service and its replication link). */
 export async function freePortPair(): Promise<number> {

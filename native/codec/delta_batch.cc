@@ -250,6 +250,13 @@ std::string ParseBatch(const uint8_t* data, size_t len, ParsedBatch* out, size_t
   return "";
 }
 
+// The version check refusing a delta (the same words from both apply paths).
+static std::string VersionMismatch(uint64_t addr, uint32_t want, uint32_t have) {
+  return "page " + Hex(addr) + ": version check failed: the delta was made against a page with CRC-32C " + Hex32(want) +
+         " but the standby's page has " + Hex32(have) +
+         " (primary and standby disagree on its previous version; batch refused, nothing applied)";
+}
+
 std::string ApplyBatch(const ParsedBatch& batch, const uint8_t* bases, size_t bases_len, uint8_t* pages, DecodedBatch* out) {
   if (bases_len != batch.delta * kPage)
     return "bases: " + std::to_string(bases_len) + " bytes for " + std::to_string(batch.delta) +
@@ -276,9 +283,7 @@ std::string ApplyBatch(const ParsedBatch& batch, const uint8_t* bases, size_t ba
       uint32_t have = Crc32cPageCopy(dst, bases + j * kPage);
       ++j;
       if (have != e.base_crc)
-        return "page " + Hex(e.addr) + ": version check failed: the delta was made against a page with CRC-32C " +
-               Hex32(e.base_crc) + " but the standby's page has " + Hex32(have) +
-               " (primary and standby disagree on its previous version; batch refused, nothing applied)";
+        return VersionMismatch(e.addr, e.base_crc, have);
       std::string err = ApplyRunsMode(dst, body + e.offset, e.len, xr);
       if (!err.empty()) return EntryName(i, e.addr) + ": " + err;
     }
@@ -311,9 +316,7 @@ std::string ApplyBatchInPlace(const ParsedBatch& batch, uint8_t* pages, size_t p
     } else {
       uint32_t have = Crc32cPage(dst);
       if (have != e.base_crc)
-        return "page " + Hex(e.addr) + ": version check failed: the delta was made against a page with CRC-32C " +
-               Hex32(e.base_crc) + " but the standby's page has " + Hex32(have) +
-               " (primary and standby disagree on its previous version; batch refused, nothing applied)";
+        return VersionMismatch(e.addr, e.base_crc, have);
       std::string err = ApplyRunsMode(dst, body + e.offset, e.len, xr);
       if (!err.empty()) return EntryName(i, e.addr) + ": " + err;
     }

@@ -45,6 +45,7 @@ void PatchFromRuns(uint8_t* page, const uint8_t* runs, size_t len);
 // variant the format's flag bit 1 selects (kept for measurement, see docs/benchmarks.md).
 long EncodeRunsMode(const uint8_t* before, const uint8_t* now, uint8_t* out, size_t limit, bool xor_bytes,
                     size_t merge_gap = kMergeGap);
+// With page == nullptr only validates (CheckRuns).
 std::string ApplyRunsMode(uint8_t* page, const uint8_t* runs, size_t len, bool xor_bytes);
 void PatchFromRunsMode(uint8_t* page, const uint8_t* runs, size_t len, bool xor_bytes);
 

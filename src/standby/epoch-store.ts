@@ -391,24 +391,9 @@ export class EpochStore {
   }
 
   async readPage(addr: bigint): Promise<Buffer | null> {
-    this.assertOpen();
-    const pn = pageNumberOf(addr);
-    const b = this.batch;
-    if (b) {
-      const r = b.lookup(pn);
-      if (r !== undefined) return r === ZERO ? null : b.readSlot(r);
-    }
-    const g = this.index.get(pn);
-    if (g === undefined || g === ZERO) return null;
-    const seg = findSegment(this.segments, g);
-    const out = Buffer.allocUnsafe(PAGE_SIZE);
-    try {
-      readExactlySync(seg.fh.fd, out, 0, PAGE_SIZE, slotOffset(g - seg.base));
-    } catch (e) {
-      throw ioError(e, `reading page 0x${addr.toString(16)}`, seg.path);
-    }
-    return out;
+    return this.readPageSync(addr) ?? null;
   }
+
 
   /** Committed pages in ascending address order (only those inside the committed VMAs); zero pages as `null` data. */
   async *pages(): AsyncIterable<{ addr: bigint; data: Buffer | null }> {
@@ -436,19 +421,6 @@ export class EpochStore {
   pageAddresses(): BigUint64Array {
     this.assertOpen();
     return addressesOf(this.snapshot().keys);
-  }
-
-  /**
-   * The committed pages without their data, ascending: `data` is null for a zero page and
-   * `withData` (a marker the caller chooses) otherwise. Cheap: for image building that
-   * only lists pages (a lazy restore reads them later with readPageSync).
-   */
-  *pageList<T>(withData: T): Generator<{ addr: bigint; data: T | null }> {
-    this.assertOpen();
-    const snap = this.snapshot();
-    for (let i = 0; i < snap.keys.length; i++) {
-      yield { addr: BigInt(snap.keys[i]!) << 12n, data: snap.vals[i] === ZERO ? null : withData };
-    }
   }
 
   /**

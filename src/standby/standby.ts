@@ -118,6 +118,8 @@ export class Standby extends EventEmitter {
   #statusTimer: NodeJS.Timeout | undefined;
   #closed = false;
   #statusAt = 0;
+  /** The base pruneBases last kept (see commit). */
+  #prunedFor: string | undefined;
   #role: StandbyRole = 'standby';
   #detector!: FailureDetector;
   /** Watching the primary: set from its first admitted session until an orderly goodbye. */
@@ -158,6 +160,7 @@ export class Standby extends EventEmitter {
     const c = s.#store.committed;
     // Leftovers of a batch that never committed, and bases no commit names.
     await pruneBases(o.dir, c?.state.base || null);
+    s.#prunedFor = c?.state.base;
     if (c) {
       s.#log.info({ epoch: c.epoch, lineage: c.lineage, pages: c.pages }, 'committed epoch found on disk');
       s.metrics.committedEpoch.set(c.epoch);
@@ -470,7 +473,11 @@ export class Standby extends EventEmitter {
     this.metrics.committedEpoch.set(c.epoch);
     this.metrics.epochs.inc();
     this.metrics.lag.set(Math.max(0, Date.now() - m.capturedAt) / 1000);
-    await pruneBases(this.dir, c.state.base || null).catch((e: Error) => this.#log.warn({ err: e.message }, 'cannot remove old base images'));
+    // Only when a commit switched bases: no directory listing on every commit.
+    if (c.state.base !== this.#prunedFor) {
+      this.#prunedFor = c.state.base;
+      await pruneBases(this.dir, c.state.base || null).catch((e: Error) => this.#log.warn({ err: e.message }, 'cannot remove old base images'));
+    }
     this.#keepWarm();
     this.emit('commit', { epoch: c.epoch, lineage: c.lineage, pages: m.pages, bytes: wire });
     if (Date.now() - this.#statusAt > 250) void this.#writeStatus();

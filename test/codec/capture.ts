@@ -4,11 +4,11 @@
 // that this process is not their parent. Epoch 0 is a full copy (every page with content);
 // the next ones are the pages written since the previous epoch.
 import { spawn, type ChildProcess } from 'node:child_process';
-import { createServer } from 'node:net';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { spawnTarget, type SpawnedTarget } from '../../src/spawn/spawn-target.js';
 import { Tracker } from '../../src/tracker/tracker.js';
 import type { Corpus, CorpusEpoch } from './helpers.js';
+import { freePort } from '../helpers/ports.js';
 
 export interface CaptureOptions {
   /** Dirty epochs after the full copy. Default 8. */
@@ -19,16 +19,6 @@ export interface CaptureOptions {
   warmupMs?: number;
 }
 
-async function freePort(): Promise<number> {
-  return new Promise((resolve, reject) => {
-    const s = createServer();
-    s.once('error', reject);
-    s.listen(0, '127.0.0.1', () => {
-      const port = (s.address() as { port: number }).port;
-      s.close(() => resolve(port));
-    });
-  });
-}
 
 function run(cmd: string, args: string[]): Promise<string> {
   return new Promise((resolve) => {

@@ -61,8 +61,7 @@ export interface BuildEpochImageOptions {
   omitZeroPages?: boolean;
   /**
    * Build for a lazy restore (`criu restore --lazy-pages` with a page server): pages of
-   * anonymous private memory are listed LAZY without data; source entries may carry
-   * LAZY_DATA, and `fetch` gives the data where the image needs it after all.
+   * anonymous private memory are listed LAZY without data (`pages` is not used then).
    */
   lazy?: LazyPagesInput;
   /**

@@ -196,7 +196,7 @@ class SourceCursor {
     if (e.addr <= this.#last)
       throw new ImageBuildError('INVALID_PAGES',
         `page source: addresses must be strictly ascending, got 0x${e.addr.toString(16)} after 0x${this.#last.toString(16)}`);
-    if (e.data !== null && e.data !== LAZY_DATA && (!Buffer.isBuffer(e.data) || e.data.length !== PAGE_SIZE))
+    if (e.data !== null && (!Buffer.isBuffer(e.data) || e.data.length !== PAGE_SIZE))
       throw new ImageBuildError('INVALID_PAGES', `page source: page 0x${e.addr.toString(16)} has ${Buffer.isBuffer(e.data) ? e.data.length : typeof e.data} bytes, expected ${PAGE_SIZE} or null`);
     this.#last = e.addr;
     this.#next = e;
@@ -236,11 +236,7 @@ export interface WritePagesOptions {
   strict: boolean;
   /** Leave all-zero source pages of anonymous mappings out (they restore as zeros anyway). */
   omitZeroPages: boolean;
-  /**
-   * Lazy restore: pages of VMAs that may be lazy get LAZY entries and no data (a page
-   * server serves them at restore); `fetch` gives the data of source pages in the other
-   * VMAs, whose entries carry LAZY_DATA instead of their content.
-   */
+  /** Lazy restore: see LazyPagesInput (the `source` is not read then). */
   lazy?: LazyPagesInput;
 }
 
@@ -251,17 +247,13 @@ export interface WritePagesOptions {
  * lazy (undefined: not replicated; null: zeros).
  */
 export interface LazyPagesInput {
-  runs?: Float64Array;
-  fetch?: (addr: bigint) => Buffer | null;
-  lookup?: (addr: bigint) => Buffer | null | undefined;
+  runs: Float64Array;
+  lookup: (addr: bigint) => Buffer | null | undefined;
 }
-
-/** A source page's data placeholder in lazy mode: "read it from lazy.fetch if needed". */
-export const LAZY_DATA: Buffer = Buffer.alloc(0);
 
 /** Writes the new pages file; returns the pagemap entries (after the head) and counts. */
 export async function writePages(o: WritePagesOptions): Promise<{ entries: Buffer[]; stats: PageStats }> {
-  if (o.lazy?.runs && o.lazy.lookup) return writeLazyPages(o, o.lazy.runs, o.lazy.lookup);
+  if (o.lazy) return writeLazyPages(o, o.lazy.runs, o.lazy.lookup);
   const stats: PageStats = { fromSource: 0, fromBase: 0, lazy: 0, zeroWritten: 0, zeroOmitted: 0, outside: 0, ignored: 0, entries: 0, bytes: 0 };
   const writer = new PagesWriter(o.out);
   const entries: Buffer[] = [];
@@ -323,8 +315,6 @@ export async function writePages(o: WritePagesOptions): Promise<{ entries: Buffe
         src.take();
       }
       const flags = PE_PRESENT | (v.lazy ? PE_LAZY : 0);
-      // Lazy restore: this VMA's pages are listed, not written; the page server has them.
-      const lazyOnly = !!o.lazy && v.lazy;
       // The base pages this VMA may use: base runs clipped to baseRanges, in order.
       const baseSegs: Array<{ run: BaseRun; from: bigint; to: bigint }> = [];
       while (ri < runs.length && runs[ri]!.vaddr + BigInt(runs[ri]!.pages) * PAGE <= v.start) ri++;
@@ -351,13 +341,8 @@ export async function writePages(o: WritePagesOptions): Promise<{ entries: Buffe
           const from = seg.from > cursor ? seg.from : cursor;
           const to = seg.to < sAddr ? seg.to : sAddr;
           if (from < to) {
-            if (lazyOnly) {
-              addPages(from, Number((to - from) / PAGE), PE_LAZY);
-              stats.lazy += Number((to - from) / PAGE);
-            } else {
-              addPages(from, Number((to - from) / PAGE), flags);
-              await copyBase(seg.run, from, to);
-            }
+            addPages(from, Number((to - from) / PAGE), flags);
+            await copyBase(seg.run, from, to);
             cursor = to;
           }
           if (seg.to <= sAddr) si++;
@@ -365,14 +350,7 @@ export async function writePages(o: WritePagesOptions): Promise<{ entries: Buffe
         }
         if (sAddr >= v.end) break;
         // The source page at sAddr wins over the base's.
-        let data = e!.data;
-        if (lazyOnly) {
-          if (data !== null) { addPages(sAddr, 1, PE_LAZY); stats.lazy++; } else stats.zeroOmitted++;
-          cursor = sAddr + PAGE;
-          src!.take();
-          continue;
-        }
-        if (data === LAZY_DATA) data = (o.lazy!.fetch ?? o.lazy!.lookup)!(sAddr) ?? null;
+        const data = e!.data;
         if (data && !(o.omitZeroPages && !v.fileBacked && data.equals(ZERO_PAGE))) {
           addPages(sAddr, 1, flags);
           const w = writer.push(data);
