@@ -44,11 +44,12 @@ describe('replicate CLI', () => {
   it('standby + `replicate run -- redis-server`: commits, status, metrics; standby SIGKILLed and restarted', async () => {
     const dir = tempDir('cli'); later(() => dir.remove());
     expect((await cli(['keygen', '--out', `${dir.path}/key`])).code).toBe(0);
-    const [port, metricsPort, redisPort] = await freePorts(3) as [number, number, number];
+    const [port, metricsPort, redisPort, primaryMetricsPort] = await freePorts(4) as [number, number, number, number];
     const standbyDir = `${dir.path}/standby`;
     const sb = procStart(['standby', '--listen', `127.0.0.1:${port}`, '--dir', standbyDir, '--secret-file', `${dir.path}/key`, '--metrics', `127.0.0.1:${metricsPort}`]);
     await sb.next('listening', 15_000);
-    const pr = procStart(['run', '--to', `127.0.0.1:${port}`, '--secret-file', `${dir.path}/key`, '--epoch', '50ms', '--output', dir.path, '--',
+    const pr = procStart(['run', '--to', `127.0.0.1:${port}`, '--secret-file', `${dir.path}/key`, '--epoch', '50ms', '--output', dir.path,
+      '--metrics', `127.0.0.1:${primaryMetricsPort}`, '--',
       'redis-server', '--port', String(redisPort), '--save', '', '--appendonly', 'no', '--bind', '127.0.0.1']);
     const started = await pr.next('started', 15_000);
     const redisPid = Number(started.pid);
@@ -99,6 +100,11 @@ describe('replicate CLI', () => {
     const c = await sb2.next('commit', 15_000);
     expect(Number(c.epoch)).toBeGreaterThan(info!.epoch);
     // The primary's own metrics name what the issue asks for.
+    const pm = await (await fetch(`http://127.0.0.1:${primaryMetricsPort}/metrics`)).text();
+    for (const name of ['replicate_epoch_pause_seconds_bucket', 'replicate_dirty_pages_total', 'replicate_sent_bytes_total', 'replicate_lag_seconds',
+      'replicate_committed_epoch', 'replicate_role{role="primary"} 1', 'process_cpu_seconds_total'])
+      expect(pm).toContain(name);
+    expect(Number(/replicate_sent_bytes_total (\d+)/.exec(pm)?.[1])).toBeGreaterThan(0);
     await pr.stop('SIGTERM');
     expect(pr.last('stopped')).toBeDefined();
     try { process.kill(redisPid, 0); } catch { throw new Error('stopping the agent must leave the target running'); }

@@ -150,11 +150,13 @@ export class Standby extends EventEmitter {
     if (!o.dir) throw new ReplicateError('INVALID_ARGUMENT', 'dir is required (where the standby keeps the committed epoch)');
     const s = new Standby(o);
     s.#detector = createDetector(o.detector ?? { kind: 'phi', heartbeatMs: o.heartbeatMs ?? 50 });
-    if (o.autoPromote !== false || o.promotion?.criu) {
-      const criu = await locateCriu(o.promotion?.criu);
-      if (!criu.versionOk || !criu.checkOk)
-        throw new ReplicateError('CRIU_UNAVAILABLE', `CRIU at ${criu.path} is not usable (version ${criu.version}${criu.checkOk ? '' : ', \`criu check\` failed'}): promotion needs CRIU 4.2+ (run \`replicate check\`)`);
-      s.#criu = criu.path;
+    // CRIU is needed to promote, automatically or by hand: an auto-promoting standby
+    // refuses to start without it; a manual one warns and looks again when asked.
+    try {
+      s.#criu = await usableCriu(o.promotion?.criu);
+    } catch (e) {
+      if (o.autoPromote !== false) throw e;
+      s.#log.warn({ err: (e as Error).message }, 'no usable CRIU: `replicate promote` will fail until there is one');
     }
     s.#store = await EpochStore.open(o.dir, { fsync: o.fsync ?? true });
     const c = s.#store.committed;
@@ -322,8 +324,9 @@ export class Standby extends EventEmitter {
     const session = this.#session;
     session?.link.close('standby promoting');
     void this.#writeStatus();
-    const criu = this.#o.promotion?.criu ?? this.#criu;
     const run = (async (): Promise<PromotionResult> => {
+      if (!this.#criu) this.#criu = await usableCriu(this.#o.promotion?.criu).catch(() => '');
+      const criu = this.#criu;
       // The session may still be applying what arrived before the link closed: let it
       // finish (it commits a complete batch or aborts a partial one) so that the image is
       // built from one committed epoch, not from a store that changes underneath.
@@ -374,7 +377,7 @@ export class Standby extends EventEmitter {
    */
   #keepWarm(): void {
     const c = this.#store.committed;
-    const criu = this.#o.promotion?.criu ?? this.#criu;
+    const criu = this.#criu;
     if (!c?.state.base || !criu || this.#o.promotion?.lazy === false || this.#role !== 'standby' || this.#closed) return;
     if (this.#warm && this.#warm.baseId === c.state.base && this.#warm.ready) return;
     this.#warming = this.#warming.then(async () => {
@@ -631,6 +634,14 @@ class Session {
       for (const w of bases.values()) await w.abort().catch(() => undefined);
     }
   }
+}
+
+/** The path of a CRIU that can restore (4.2+, `criu check` passes), or a CRIU_UNAVAILABLE error saying why not. */
+async function usableCriu(option?: string): Promise<string> {
+  const criu = await locateCriu(option);
+  if (!criu.versionOk || !criu.checkOk)
+    throw new ReplicateError('CRIU_UNAVAILABLE', `CRIU at ${criu.path} is not usable (version ${criu.version}${criu.checkOk ? '' : ', \`criu check\` failed'}): promotion needs CRIU 4.2+ (run \`replicate check\`)`);
+  return criu.path;
 }
 
 /** Starts a standby; see Standby. */
