@@ -112,13 +112,7 @@ describe('failover', () => {
       const capturedAt = sb.stats().committedCapturedAt;
       const before = sampler.samples.filter((s) => s.at <= capturedAt).map((s) => s.counter);
       const floor = before.length ? before.reduce((a, b) => (a > b ? a : b)) : 0n;
-      // A connection to the restored process has been seen reset (about once in 25 rounds;
-      // cause not found yet, see the session note): like a client after a failover, retry once.
-      const ask = (cmd: string) => query(c.port, cmd).catch(async (e: NodeJS.ErrnoException) => {
-        if (e.code !== 'ECONNRESET') throw e;
-        console.warn(`'${cmd}' to the restored process was reset; retrying once`);
-        return query(c.port, cmd);
-      });
+      const ask = (cmd: string) => query(c.port, cmd);
       const g1 = await ask('get');
       expect(await ask('check')).toMatch(/^ok /);
       expect(field(g1, 'counter')).toBeGreaterThanOrEqual(floor);
@@ -421,7 +415,7 @@ describe('failover', () => {
     expect(r.code, `${r.stdout}\n${r.stderr}`).toBe(0);
     const out = JSON.parse(r.stdout.trim().split('\n').at(-1)!);
     expect(out).toMatchObject({ event: 'promoted', outcome: 'restored', pid: c.pid });
-    later(async () => { await sb.stop('SIGTERM'); killPid(c.pid); });
+    later(async () => { await sb.stop('SIGTERM'); await killRestored(c.pid); });
     expect(await query(c.port, 'check')).toMatch(/^ok /);
     await until(() => existsSync(hook) && readFileSync(hook, 'utf8').trim() !== '', 5000, 'the --on-promote hook');
     expect(readFileSync(hook, 'utf8').trim()).toBe(`primary ${out.epoch} ${c.pid}`);

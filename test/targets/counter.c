@@ -54,6 +54,7 @@
 #include <poll.h>
 #include <pthread.h>
 #include <stdint.h>
+#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -390,6 +391,10 @@ static void serve(int c) {
 int main(int argc, char **argv) {
   const char *status = NULL, *file = NULL, *data = NULL;
   int prefill = 0;
+  /* Like every network server: a client gone before its reply must not kill us. After a
+   * failover the connections accepted after the base image come back as closed sockets,
+   * and a reply written to one raises SIGPIPE. */
+  signal(SIGPIPE, SIG_IGN);
   for (int i = 1; i < argc; i++) {
     if (!strcmp(argv[i], "--status") && i + 1 < argc) status = argv[++i];
     else if (!strcmp(argv[i], "--pages") && i + 1 < argc) npages = strtoul(argv[++i], NULL, 0);
