@@ -32,8 +32,15 @@ for cand in "${REPLICATE_CRIU:-}" "$(command -v criu 2>/dev/null || true)"; do
   log "ignoring $cand: older than $want_major.$want_minor or 'criu check' fails"
 done
 
-if [ -x "$dest/bin/criu" ] && version_ok "$dest/bin/criu"; then
-  log "already built: $dest/bin/criu"
+# CRIU probes the kernel at every start (~40 ms here) unless it finds its cache, which it
+# keeps only on a tmpfs; /run is not one on every machine, /dev/shm nearly always is. A
+# restore 40 ms shorter is 40 ms less failover time, so build with a tmpfs RUNDIR.
+rundir=/run
+[ "$(stat -f -c %T /run 2>/dev/null)" = tmpfs ] || { [ "$(stat -f -c %T /dev/shm 2>/dev/null)" = tmpfs ] && rundir=/dev/shm; }
+build_id="criu-4.2 RUNDIR=$rundir"
+
+if [ -x "$dest/bin/criu" ] && version_ok "$dest/bin/criu" && [ "$(cat "$dest/BUILD" 2>/dev/null)" = "$build_id" ]; then
+  log "already built: $dest/bin/criu ($build_id)"
   printf '%s\n' "$dest/bin/criu" > "$dest/PATH"
   exit 0
 fi
@@ -81,10 +88,11 @@ tarball=$(ls -1 "$work"/criu_*.orig.tar.* 2>/dev/null | sort -V | tail -1 || tru
 log "building from $(basename "$tarball")"
 rm -rf "$work/build"; mkdir -p "$work/build"
 tar -xf "$tarball" -C "$work/build" --strip-components=1
-make -C "$work/build" -j"$(nproc)" criu >"$work/build.log" 2>&1 || { tail -30 "$work/build.log" >&2; log "build failed (log: $work/build.log)"; exit 1; }
+make -C "$work/build" -j"$(nproc)" criu RUNDIR="$rundir" >"$work/build.log" 2>&1 || { tail -30 "$work/build.log" >&2; log "build failed (log: $work/build.log)"; exit 1; }
 mkdir -p "$dest/bin"
 cp "$work/build/criu/criu" "$dest/bin/criu"
 version_ok "$dest/bin/criu" || { log "built CRIU is older than $want_major.$want_minor"; exit 1; }
 printf '%s\n' "$dest/bin/criu" > "$dest/PATH"
+printf '%s\n' "$build_id" > "$dest/BUILD"
 rm -rf "$work/build"
 log "built $("$dest/bin/criu" --version | head -1) at $dest/bin/criu"

@@ -82,6 +82,7 @@ function everyMessage(): Message[] {
     { t: 'ack', epoch: 3, committedAt: 1_760_000_000_456 },
     { t: 'hb', sentAt: 1_760_000_000_000.25, echo: 0 },
     { t: 'hb', sentAt: 1_760_000_000_050.5, echo: 1_760_000_000_049.75, status: 'running' },
+    { t: 'hb', sentAt: 1_760_000_000_400.5, echo: 0, skipped: 6 },
     { t: 'bye', reason: 'primary stopping' },
     { t: 'bye', reason: 'target-exited', exitCode: 137 },
   ];
@@ -352,6 +353,7 @@ describe('frame codec', () => {
       [{ t: 'ack', epoch: 7, committedAt: Number.POSITIVE_INFINITY }, /ack.committedAt/],
       [{ t: 'hb', sentAt: 1, echo: 0, status: 42 }, /hb.status/],
       [{ t: 'hb', sentAt: 1 }, /hb.echo/],
+      [{ t: 'hb', sentAt: 1, echo: 0, skipped: -1 }, /hb.skipped/],
       [{ t: 'bye' }, /bye.reason/],
       [null, /message: expected an object/],
       [[1, 2], /message: expected an object/],

@@ -71,8 +71,20 @@ async function leftovers(dir: string): Promise<string[]> {
 }
 
 /** Checks a reopened store against the workload model, and that readPage agrees. */
+/** pageRuns() (cached while only page contents change) against runs computed from the model. */
+function expectRuns(store: EpochStore, model: Map<number, number>): void {
+  const want: number[] = [];
+  for (const pn of [...model.entries()].filter(([, e]) => e !== 0).map(([i]) => Number(addrOf(i) >> 12n)).sort((a, b) => a - b)) {
+    const n = want.length;
+    if (n && want[n - 2]! + want[n - 1]! === pn) want[n - 1]!++;
+    else want.push(pn, 1);
+  }
+  expect([...store.pageRuns()]).toEqual(want);
+}
+
 async function expectModel(store: EpochStore, model: Map<number, number>): Promise<void> {
   expect(await collect(store)).toEqual(model);
+  expectRuns(store, model);
   expect(store.committed!.pages).toBe(model.size);
   expect([...store.pageAddresses()]).toEqual([...model.keys()].map(addrOf));
   for (const idx of [0, 5, 77, 130, 150, 191]) {
@@ -102,6 +114,7 @@ describe('epoch store: contents', () => {
     expect(c1).toMatchObject({ lineage: LINEAGE, generation: 1, epoch: 1, committedAt: 111, pages: 72 });
     const m1 = new Map<number, number>([...range(0, 64).map((i) => [i, 1] as [number, number]), ...range(64, 72).map((i) => [i, 0] as [number, number])]);
     expect(await collect(store)).toEqual(m1);
+    expectRuns(store, m1);
     expect(await store.readPage(addrOf(200))).toBeNull();
 
     // Epoch 2: rewrite 0..9; 20 becomes zero; 64 gets data; 30 data then zero, 65 zero then
@@ -117,6 +130,7 @@ describe('epoch store: contents', () => {
     m2.set(20, 0).set(64, 2).set(30, 0).set(65, 2);
     for (const i of range(48, 64)) m2.delete(i);
     expect(await collect(store)).toEqual(m2);
+    expectRuns(store, m2);
     expect(store.committed!.pages).toBe(m2.size);
     expect(await store.readPage(addrOf(50))).toBeNull();
     expect(epochOfPage((await store.readPage(addrOf(3)))!, 3)).toBe(2);
@@ -131,11 +145,42 @@ describe('epoch store: contents', () => {
     const m3 = new Map(m2).set(100, 3).set(1, 3);
     const sorted3 = new Map([...m3.entries()].sort((a, b) => a[0] - b[0]));
     expect(await collect(store)).toEqual(sorted3);
+    expectRuns(store, sorted3);
     expect([...store.pageAddresses()]).toEqual([...sorted3.keys()].map(addrOf));
+    // Epoch 4 rewrites pages that have content already: the same runs (from the cache).
+    const runs3 = store.pageRuns();
+    const b4 = store.begin({ lineage: LINEAGE, generation: 1, epoch: 4, base: 3, full: false });
+    await b4.addPages(addrsOf([1, 2, 100]), pagesOf(4, [1, 2, 100]));
+    await b4.commit(makeState(4, [vma(0, 128)]), {});
+    expect(store.pageRuns()).toBe(runs3);
+    for (const i of [1, 2, 100]) sorted3.set(i, 4);
+    expectRuns(store, sorted3);
     await closeStore(store);
     const again = await openStore(dir, { fsync: false });
     expect(await collect(again)).toEqual(sorted3);
-    expect(again.committed).toMatchObject({ epoch: 3, pages: sorted3.size });
+    expectRuns(again, sorted3);
+    expect(again.committed).toMatchObject({ epoch: 4, pages: sorted3.size });
+  });
+
+  it('page runs stay exact over random epochs: pages gained, rewritten, zeroed, unmapped and mapped again', async () => {
+    const dir = await tempDir();
+    const store = await openStore(dir, { fsync: false });
+    let seed = 7;
+    const rnd = (n: number) => { seed = (seed * 1103515245 + 12345) % 2 ** 31; return seed % n; };
+    const b0 = store.begin({ lineage: LINEAGE, generation: 1, epoch: 1, base: 0, full: true });
+    await b0.addPages(addrsOf(range(0, 40)), pagesOf(1, range(0, 40)));
+    await b0.commit(makeState(1, [vma(0, 128)]), {});
+    expectRuns(store, await collect(store));
+    for (let e = 2; e <= 40; e++) {
+      const b = store.begin({ lineage: LINEAGE, generation: 1, epoch: e, base: e - 1, full: false });
+      const data = [...new Set(Array.from({ length: 1 + rnd(12) }, () => rnd(128)))];
+      const zeros = [...new Set(Array.from({ length: rnd(4) }, () => rnd(128)))].filter((x) => !data.includes(x));
+      await b.addPages(addrsOf(data), pagesOf(e, data));
+      if (zeros.length) await b.addZeroPages(addrsOf(zeros));
+      const hole = rnd(3) === 0 ? rnd(100) : -1; // sometimes a range is unmapped
+      await b.commit(makeState(e, hole < 0 ? [vma(0, 128)] : [vma(0, hole), vma(hole + 20, 128)]), {});
+      expectRuns(store, await collect(store));
+    }
   });
 
   it('reopen after close: identical identity, state (Buffers, bigints), pages', async () => {

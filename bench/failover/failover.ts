@@ -17,7 +17,11 @@ import { figureTable, fmt, provenance, table } from '../lib/report.js';
 
 export interface FailoverSample {
   sizeMiB: number; killToServingMs: number; detectionMs: number; buildMs: number; restoreMs: number; healthMs: number;
+  /** The standby finishing the batch in hand, and waiting for the old PIDs (same host). */
+  drainMs?: number; pidWaitMs?: number;
   epoch: number; counterAtRestore: string;
+  /** What the standby's detector had learnt of the heartbeat gaps when the kill came (ms). */
+  gapMeanMs?: number; gapStdMs?: number; expectedDetectionMs?: number;
 }
 
 async function killRestored(pid: number): Promise<void> {
@@ -53,6 +57,7 @@ async function once(sizeMiB: number, work: string, log: (s: string) => void): Pr
       await sleep(10);
     }
     const promotedP = new Promise<PromotionResult>((resolve) => sb.once('promoted', resolve));
+    const learnt = sb.stats();
     const tKill = performance.now();
     pr.child.kill('SIGKILL');
     await c.kill();
@@ -66,8 +71,9 @@ async function once(sizeMiB: number, work: string, log: (s: string) => void): Pr
     }
     const killToServingMs = performance.now() - tKill;
     const t = r.timings;
-    log(`  ${sizeMiB} MiB: kill -> serving ${Math.round(killToServingMs)} ms (detection ${Math.round(t.detectionMs)}, image ${Math.round(t.buildMs)}, restore ${Math.round(t.restoreMs)}, health ${Math.round(t.healthMs)})`);
-    return { sizeMiB, killToServingMs, detectionMs: t.detectionMs, buildMs: t.buildMs, restoreMs: t.restoreMs, healthMs: t.healthMs, epoch: r.epoch, counterAtRestore: String(field(reply, 'counter')) };
+    log(`  ${sizeMiB} MiB: kill -> serving ${Math.round(killToServingMs)} ms (detection ${Math.round(t.detectionMs)}, image ${Math.round(t.buildMs)}, restore ${Math.round(t.restoreMs)}, health ${Math.round(t.healthMs)}, drain ${Math.round(t.drainMs ?? 0)}, pid wait ${Math.round(t.pidWaitMs)}; heartbeat gaps learnt: mean ${learnt.heartbeatGapMs.mean.toFixed(1)} std ${learnt.heartbeatGapMs.std.toFixed(1)} ms, implied detection ${Math.round(learnt.expectedDetectionMs)} ms)`);
+    return { sizeMiB, killToServingMs, detectionMs: t.detectionMs, buildMs: t.buildMs, restoreMs: t.restoreMs, healthMs: t.healthMs, drainMs: t.drainMs ?? 0, pidWaitMs: t.pidWaitMs, epoch: r.epoch, counterAtRestore: String(field(reply, 'counter')),
+      gapMeanMs: learnt.heartbeatGapMs.mean, gapStdMs: learnt.heartbeatGapMs.std, expectedDetectionMs: learnt.expectedDetectionMs };
   } finally {
     await pr.stop('SIGKILL');
     await sb.stop();
@@ -84,6 +90,7 @@ export interface FailoverData { runs: number; sizes: number[]; samples: Failover
 export interface FailoverRow {
   sizeMiB: number; runs: number; totalMs: number; totalMin: number; totalMax: number;
   detectionMs: number; buildMs: number; restoreMs: number; healthMs: number;
+  drainMs?: number; pidWaitMs?: number; gapStdMs?: number;
 }
 
 export async function runFailover(opts: RunContext): Promise<ScenarioOutput<FailoverData>> {
@@ -115,10 +122,13 @@ export async function runFailover(opts: RunContext): Promise<ScenarioOutput<Fail
     F.add({ what: 'image building', config, unit: 'ms', values: col('buildMs'), better: 'lower', over: 'runs' });
     F.add({ what: 'criu restore', config, unit: 'ms', values: col('restoreMs'), better: 'lower', over: 'runs' });
     F.add({ what: 'health check', config, unit: 'ms', values: col('healthMs'), better: 'lower', over: 'runs' });
+    F.add({ what: 'standby finishing the batch in hand', config, unit: 'ms', values: col('drainMs'), better: 'lower', over: 'runs' });
+    F.add({ what: 'heartbeat gap standard deviation learnt by the detector', config, unit: 'ms', values: col('gapStdMs'), better: 'lower', over: 'runs' });
     return {
       sizeMiB: size, runs: ss.length,
       totalMs: med(col('killToServingMs')), totalMin: Math.min(...col('killToServingMs')), totalMax: Math.max(...col('killToServingMs')),
       detectionMs: med(col('detectionMs')), buildMs: med(col('buildMs')), restoreMs: med(col('restoreMs')), healthMs: med(col('healthMs')),
+      drainMs: med(col('drainMs')), pidWaitMs: med(col('pidWaitMs')), gapStdMs: med(col('gapStdMs')),
     };
   });
   return { figures: F.list, data: { runs, sizes, samples, rows } };
@@ -132,17 +142,19 @@ export function renderFailover(r: ScenarioResult<FailoverData>, plot: PlotSink):
     { target: `${x.sizeMiB} MiB`, part: '2 image building', ms: x.buildMs },
     { target: `${x.sizeMiB} MiB`, part: '3 criu restore', ms: x.restoreMs },
     { target: `${x.sizeMiB} MiB`, part: '4 health check', ms: x.healthMs },
-    { target: `${x.sizeMiB} MiB`, part: '5 the rest', ms: Math.max(0, x.totalMs - x.detectionMs - x.buildMs - x.restoreMs - x.healthMs) },
+    { target: `${x.sizeMiB} MiB`, part: '5 batch in hand', ms: x.drainMs ?? 0 },
+    { target: `${x.sizeMiB} MiB`, part: '6 the rest', ms: Math.max(0, x.totalMs - x.detectionMs - x.buildMs - x.restoreMs - x.healthMs - (x.drainMs ?? 0)) },
   ]);
   return [
     '## 5. Failover time: detection, image building, restore',
     '',
     provenance(r),
     '',
-    `The target is test/targets/counter with every page of its array written (64 MiB or 1 GiB) and one writer thread; a \`replicate\` primary process at 100 ms epochs and 50 ms heartbeats; a standby (phi accrual, threshold 8) with a TCP health check on the target's port. Each run SIGKILLs the primary agent and the target at once and measures from the kill to the first answer of the restored process on its port. ${runs} runs per size; medians with min–max (the parts: medians of each part; "the rest" is the total less the parts: promotion bookkeeping and the first request).`,
+    `The target is test/targets/counter with every page of its array written (64 MiB or 1 GiB) and one writer thread; a \`replicate\` primary process at 100 ms epochs and 50 ms heartbeats; a standby (phi accrual, threshold 8) with a TCP health check on the target's port. Each run SIGKILLs the primary agent and the target at once and measures from the kill to the first answer of the restored process on its port. ${runs} runs per size; medians with min–max (the parts: medians of each part; "batch in hand": the standby finishing the batch it was committing when the primary went silent (epochs received but not applied are dropped, see \`--apply-received\`); "old PIDs freed": waiting until the kernel has torn down the killed process, whose PIDs the restore needs, which only happens with both sides on one host; "the rest" is the total less the parts: that wait, promotion bookkeeping and the first request; "gap σ learnt": the standard deviation of the heartbeat gaps the phi detector had learnt when the kill came, which sets its detection time).`,
     '',
-    table(['target', 'kill → serving ms (min–max)', 'detection ms', 'image building ms', 'criu restore ms', 'health check ms'],
-      rows.map((x) => [`${x.sizeMiB} MiB`, `${fmt(x.totalMs, 0)} (${fmt(x.totalMin, 0)}–${fmt(x.totalMax, 0)})`, fmt(x.detectionMs, 0), fmt(x.buildMs, 0), fmt(x.restoreMs, 0), fmt(x.healthMs, 0)])),
+    table(['target', 'kill → serving ms (min–max)', 'detection ms', 'image building ms', 'criu restore ms', 'health check ms', 'batch in hand ms', 'old PIDs freed ms', 'gap σ learnt ms'],
+      rows.map((x) => [`${x.sizeMiB} MiB`, `${fmt(x.totalMs, 0)} (${fmt(x.totalMin, 0)}–${fmt(x.totalMax, 0)})`, fmt(x.detectionMs, 0), fmt(x.buildMs, 0), fmt(x.restoreMs, 0), fmt(x.healthMs, 0),
+        x.drainMs === undefined ? '–' : fmt(x.drainMs, 0), x.pidWaitMs === undefined ? '–' : fmt(x.pidWaitMs, 0), x.gapStdMs === undefined ? '–' : fmt(x.gapStdMs, 0)])),
     '',
     plot('split', {
       title: { text: 'Failover time, split', subtitle: 'SIGKILL of agent and target to the first answer of the restored process; medians' },

@@ -1,5 +1,7 @@
 #include "memory/buffer_pool.h"
 
+#include <thread>
+
 #include <algorithm>
 #include <new>
 #include <sys/mman.h>
@@ -42,13 +44,20 @@ void BufferPool::Give(std::unique_ptr<PageBuffer> buf) {
     for (auto& b : free_) n += b->capacity();
     return n;
   };
+  std::vector<std::unique_ptr<PageBuffer>> dropped;
   while (!free_.empty() && (free_.size() > max_buffers_ || retained() > max_bytes_)) {
     // Drop the smallest: the large ones are the expensive ones to make again.
     auto smallest = free_.begin();
     for (auto it = free_.begin(); it != free_.end(); ++it)
       if ((*it)->capacity() < (*smallest)->capacity()) smallest = it;
+    dropped.push_back(std::move(*smallest));
     free_.erase(smallest);
   }
+  // Unmapping a buffer of a whole large process (1 GiB: ~100 ms) would hold the caller,
+  // the JavaScript thread that sends heartbeats: large ones are freed on a thread of their own.
+  size_t bytes = 0;
+  for (auto& b : dropped) bytes += b->capacity();
+  if (bytes >= (size_t{64} << 20)) std::thread([d = std::move(dropped)]() mutable { d.clear(); }).detach();
 }
 
 }  // namespace remus

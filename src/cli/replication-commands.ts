@@ -266,10 +266,11 @@ export function addReplicationCommands(program: Command): void {
     .addOption(new Option('--acceptable-pause <d>', 'silence tolerated on top of the usual heartbeat gap (phi)').argParser(duration('--acceptable-pause', 0, 600_000)))
     .addOption(new Option('--timeout <d>', 'silence after which the primary is considered dead (--detector timeout)').argParser(duration('--timeout', 5, 600_000)).default(250, '250ms'))
     .option('--no-auto-promote', 'do not promote by itself; wait for `replicate promote --dir DIR`')
-    .option('--promote-on-target-exit', 'promote also when the primary reports that the process itself exited')))
+    .option('--promote-on-target-exit', 'promote also when the primary reports that the process itself exited')
+    .option('--apply-received', 'at promotion, first commit the epochs received but not yet applied (less loss, slower failover)')))
     .action(async (o: CommonOptions & PromotionCliOptions & {
       listen: string; dir: string; fsync: boolean; detector: 'phi' | 'timeout'; phiThreshold: number; acceptablePause?: number; timeout: number;
-      autoPromote: boolean; promoteOnTargetExit?: boolean;
+      autoPromote: boolean; promoteOnTargetExit?: boolean; applyReceived?: boolean;
     }) => {
       const { host, port } = parseHostPort(o.listen);
       const sec = security(o, host);
@@ -280,7 +281,7 @@ export function addReplicationCommands(program: Command): void {
         : { kind: 'phi', heartbeatMs: o.heartbeat, threshold: o.phiThreshold, acceptablePauseMs: o.acceptablePause };
       const s = await Standby.start({
         host, port, dir: resolve(o.dir), security: sec, heartbeatMs: o.heartbeat, fsync: o.fsync, logger: log, metrics,
-        detector, autoPromote: o.autoPromote, promoteOnTargetExit: !!o.promoteOnTargetExit, promotion: promotionOptions(o),
+        detector, autoPromote: o.autoPromote, promoteOnTargetExit: !!o.promoteOnTargetExit, applyReceived: !!o.applyReceived, promotion: promotionOptions(o),
       });
       const metricsServer = await startMetrics(o.metrics, metrics, log);
       const st = s.stats();

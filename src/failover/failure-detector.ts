@@ -16,7 +16,7 @@ export interface FailureDetector {
    * gaps as the sender made them: a receiver whose event loop was busy for a while takes
    * in several heartbeats at once, which would teach phi a jitter the link does not have.
    */
-  heartbeat(now?: number, sentAt?: number): void;
+  heartbeat(now?: number, sentAt?: number, skipped?: number): void;
   /** Traffic that proves liveness but is not a heartbeat (bulk data). */
   alive(now?: number): void;
   /** Suspicion now: phi, or for the fixed timeout 0 until it expires, then Infinity. */
@@ -91,9 +91,12 @@ export class PhiDetector implements FailureDetector {
     }
   }
 
-  heartbeat(now = performance.now(), sentAt?: number): void {
+  heartbeat(now = performance.now(), sentAt?: number, skipped = 0): void {
+    // A gap over heartbeats the sender skipped on purpose (its socket was backed up, we
+    // were hearing its data) is not a sample of its regularity: not learnt.
     const bySender = sentAt !== undefined && this.#lastSent !== undefined ? sentAt - this.#lastSent : undefined;
-    if (bySender !== undefined && bySender > 0 && bySender < 100 * this.#o.heartbeatMs) this.#push(bySender);
+    if (skipped > 0) { /* not a sample */ }
+    else if (bySender !== undefined && bySender > 0 && bySender < 100 * this.#o.heartbeatMs) this.#push(bySender);
     else if (this.#lastBeat !== undefined) this.#push(now - this.#lastBeat);
     this.#lastBeat = now;
     this.#lastSent = sentAt;

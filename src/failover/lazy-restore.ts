@@ -9,10 +9,10 @@
 // after a promotion). If the daemon or the server fails before the end, the process would
 // read zeros where its pages were: it is killed, and the caller falls back to an eager restore.
 import { closeSync, openSync, readSync } from 'node:fs';
-import { copyFile, mkdir, readdir, rm } from 'node:fs/promises';
+import { mkdir, rm, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { criuRestore } from '../criu/criu-runner.js';
-import { Magic, readImage } from '../criu/image/index.js';
+import { BaseImageFiles, Magic, readImage } from '../criu/image/index.js';
 import { parseBasePagemap } from '../criu/image/pages.js';
 import { LazyPageServer, lookupPageSource, startLazyPagesDaemon, type LazyPagesDaemon } from '../criu/lazy/index.js';
 import type { EpochStore } from '../standby/epoch-store.js';
@@ -77,6 +77,8 @@ export class LazyRestorer {
   readonly dir: string;
   readonly baseId: string;
   readonly daemonReadyMs: number;
+  /** The base's files, read when this restorer was prepared (the image build reads them here). */
+  readonly baseFiles: BaseImageFiles;
   readonly #criu: string;
   readonly #base: BasePages;
   readonly #server: LazyPageServer;
@@ -84,8 +86,9 @@ export class LazyRestorer {
   #used = false;
   #closed = false;
 
-  private constructor(o: { criu: string; dir: string; baseId: string; base: BasePages; server: LazyPageServer; daemon: LazyPagesDaemon; daemonReadyMs: number }) {
+  private constructor(o: { criu: string; dir: string; baseId: string; baseFiles: BaseImageFiles; base: BasePages; server: LazyPageServer; daemon: LazyPagesDaemon; daemonReadyMs: number }) {
     this.#criu = o.criu;
+    this.baseFiles = o.baseFiles;
     this.dir = o.dir;
     this.baseId = o.baseId;
     this.#base = o.base;
@@ -99,10 +102,8 @@ export class LazyRestorer {
     await mkdir(o.dir, { recursive: true, mode: 0o700 });
     // The base's files, but its pages: the daemon reads inventory and pstree when it starts,
     // and a promotion then rewrites the few files an epoch changes instead of copying all.
-    for (const n of await readdir(o.baseDir)) {
-      if (/^pages-\d+\.img$/.test(n) || !n.endsWith('.img')) continue;
-      await copyFile(join(o.baseDir, n), join(o.dir, n));
-    }
+    const baseFiles = await BaseImageFiles.read(o.baseDir);
+    for (const [n, data] of baseFiles.files) await writeFile(join(o.dir, n), data);
     const base = await BasePages.open(o.baseDir, o.pid);
     const server = await LazyPageServer.listen({
       // Newest content first: the store's page (null: it is zero), else the base's, else zeros.
@@ -121,7 +122,7 @@ export class LazyRestorer {
       await rm(o.dir, { recursive: true, force: true });
       throw e;
     }
-    return new LazyRestorer({ criu: o.criu, dir: o.dir, baseId: o.baseId, base, server, daemon, daemonReadyMs: performance.now() - t0 });
+    return new LazyRestorer({ criu: o.criu, dir: o.dir, baseId: o.baseId, baseFiles, base, server, daemon, daemonReadyMs: performance.now() - t0 });
   }
 
   /** The daemon still waits for a restore. */

@@ -61,6 +61,16 @@ export interface PromotionTimings {
   prepareMs: number;
   /** Starting `criu lazy-pages` (lazy restores). */
   daemonMs: number;
+  /**
+   * Waiting for the process's PIDs to be free on this host (a dying primary on the same
+   * host, as in tests and benchmarks: the kernel frees a large process's memory first).
+   */
+  pidWaitMs: number;
+  /**
+   * Before the promotion proper: the standby finishing the batch it was applying (and,
+   * with applyReceived, the epochs it had received and not yet applied).
+   */
+  drainMs?: number;
   buildMs: number;
   restoreMs: number;
   healthMs: number;
@@ -142,7 +152,7 @@ export async function promote(store: EpochStore, dir: string, o: PromotionOption
   const t0 = performance.now();
   const c = store.committed;
   const errors: string[] = [];
-  const timings: PromotionTimings = { detectionMs, fenceMs: 0, prepareMs: 0, daemonMs: 0, buildMs: 0, restoreMs: 0, healthMs: 0, totalMs: 0 };
+  const timings: PromotionTimings = { detectionMs, fenceMs: 0, prepareMs: 0, daemonMs: 0, pidWaitMs: 0, buildMs: 0, restoreMs: 0, healthMs: 0, totalMs: 0 };
   let lazyUsed = false;
   const result = (r: Omit<PromotionResult, 'timings' | 'errors' | 'lazy'>): PromotionResult => {
     timings.totalMs = detectionMs + (performance.now() - t0);
@@ -189,7 +199,9 @@ export async function promote(store: EpochStore, dir: string, o: PromotionOption
     try {
       if (!base) throw new Error('the committed epoch has no base image (the primary ran without base images): it cannot be restored');
       // The original PIDs must be free: wait a little for a dying primary on this host.
-      for (let i = 0; i < 50 && takenPids(c.state).length > 0; i++) await sleep(20);
+      const tw = performance.now();
+      for (let i = 0; i < 250 && takenPids(c.state).length > 0; i++) await sleep(4);
+      timings.pidWaitMs += performance.now() - tw;
       const taken = takenPids(c.state);
       if (taken.length) throw new RestoreError(`PIDs ${taken.join(', ')} of the process are still in use on this host`, true);
       const tb = performance.now();
@@ -206,9 +218,12 @@ export async function promote(store: EpochStore, dir: string, o: PromotionOption
       } else {
         await rm(imageDir, { recursive: true, force: true });
       }
+      const tRuns = performance.now();
+      const runs = lazyUsed ? store.pageRuns() : undefined;
+      log.debug({ ms: Math.round(performance.now() - tRuns), runs: runs ? runs.length / 2 : 0 }, 'page runs listed');
       const built = await buildEpochImage({
-        baseDir: base, outDir: imageDir, state: c.state, dropFileSizes: !o.strictFileSizes, prepared: !!restorer,
-        ...(lazyUsed ? { lazy: { runs: store.pageRuns(), lookup: (a: bigint) => store.readPageSync(a) } } : { pages: store.pages() }),
+        baseDir: base, outDir: imageDir, state: c.state, dropFileSizes: !o.strictFileSizes, prepared: !!restorer, baseFiles: restorer?.baseFiles,
+        ...(runs ? { lazy: { runs, lookup: (a: bigint) => store.readPageSync(a) } } : { pages: store.pages() }),
       });
       timings.buildMs = performance.now() - tb;
       for (const n of built.notes) log.info({ note: n }, 'image');

@@ -92,7 +92,7 @@ export async function takeBase(o: { criu: string; pid: number; workDir: string; 
 }
 
 /** The base's files in pieces of at most `chunk` bytes (an empty file is one empty last piece). */
-export async function* basePieces(base: BaseImage, chunk = 8 << 20): AsyncGenerator<{ name: string; offset: number; data: Buffer; last: boolean }> {
+export async function* basePieces(base: BaseImage, chunk = 1 << 20): AsyncGenerator<{ name: string; offset: number; data: Buffer; last: boolean }> {
   for (const f of base.files) {
     const fh = await open(join(base.dir, f.name), 'r');
     try {

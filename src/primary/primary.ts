@@ -26,7 +26,7 @@ import type { SecurityOptions } from '../transport/security.js';
 import { Tracker, type TrackerOptions } from '../tracker/tracker.js';
 import { Percentiles } from '../util/stats.js';
 import { basePieces, checkNoChildren, describeChange, fingerprint, removeBase, takeBase, type BaseImage } from './base-image.js';
-import { chunkRanges, EpochQueue, PAGE_SIZE, type CapturedEpoch } from './epoch-queue.js';
+import { chunkRanges, EpochQueue, PAGE_SIZE, type Batch, type CapturedEpoch } from './epoch-queue.js';
 import { EpochLoop, type CaptureInfo } from './epoch-loop.js';
 
 export interface PrimaryOptions {
@@ -501,7 +501,13 @@ export class Primary extends EventEmitter {
       for (const x of all) x.release();
       throw e;
     }
-    const batch = this.#queue.coalesce(all);
+    let batch: Batch;
+    try {
+      batch = await this.#queue.coalesce(all);
+    } catch (e) {
+      for (const x of all) x.release();
+      throw e;
+    }
     try {
       for (const c of batch.chunks(this.#o.framePages)) wire += await this.#sendPages(link, epoch, c.addrs, c.pages);
     } finally {

@@ -163,6 +163,11 @@ export interface HeartbeatMsg {
    * heartbeat, so that the peer's round-trip time excludes our heartbeat interval; 0 if none.
    */
   echo: number;
+  /**
+   * Heartbeats the sender skipped since its previous one because its socket was backed up
+   * (the peer was hearing its bytes anyway): that gap says nothing of the sender's regularity.
+   */
+  skipped?: number;
   /** Primary: the target's state ('running' | 'exited'); standby: its role. */
   status?: string;
 }

@@ -16,7 +16,7 @@ import { silentLogger, type Logger } from '../log/logger.js';
 import { ReplicationMetrics } from '../metrics/metrics.js';
 import { PROTOCOL_VERSION, type BeginMsg, type EndMsg, type HelloMsg, type Message, type PagesMsg } from '../protocol/messages.js';
 import { writeStatusFile } from '../status/status-file.js';
-import { listen, type Link, type LinkCloseInfo, type ListeningServer } from '../transport/link.js';
+import { listen, type HeartbeatInfo, type Link, type LinkCloseInfo, type ListeningServer } from '../transport/link.js';
 import type { SecurityOptions } from '../transport/security.js';
 import { locateCriu } from '../criu/locate.js';
 import { createDetector, type DetectorOptions, type FailureDetector } from '../failover/failure-detector.js';
@@ -48,6 +48,13 @@ export interface StandbyOptions {
   autoPromote?: boolean;
   /** Promote also when the primary reports that the target itself exited. Default false. */
   promoteOnTargetExit?: boolean;
+  /**
+   * At promotion, first commit the epochs already received but not yet applied (the
+   * backlog a standby slower than the link builds up). Default false: they were never
+   * acknowledged to the primary, and applying them delays the failover by the standby's
+   * lag; the batch being committed at that moment finishes either way.
+   */
+  applyReceived?: boolean;
   /** How to promote (health check, fencing, hooks...). CRIU is located at start when omitted. */
   promotion?: Omit<PromotionOptions, 'criu'> & { criu?: string };
 }
@@ -125,6 +132,7 @@ export class Standby extends EventEmitter {
   /** Watching the primary: set from its first admitted session until an orderly goodbye. */
   #armed = false;
   #lastHeard = 0; // performance.now() of the last sign of life
+  #confirmPending = false;
   #watchTimer: NodeJS.Timeout | undefined;
   #reapTimer: NodeJS.Timeout | undefined;
   #promotion: (PromotionResult & { at: number; reason: string }) | null = null;
@@ -288,9 +296,21 @@ export class Standby extends EventEmitter {
     }
   }
 
-  /** Checks the detector; promotes when it fires (auto mode). */
-  #watch(): void {
+  /**
+   * Checks the detector; promotes when it fires (auto mode). A suspicion is confirmed only
+   * after one turn of the event loop's I/O phase: timers run before pending reads, so after
+   * this process was itself busy for a while, heartbeats that did arrive are still unread
+   * when the timer fires, and the primary would be declared dead for our own stall.
+   */
+  #watch(confirming = false): void {
     if (!this.#armed || this.#role !== 'standby' || !this.#store.committed) return;
+    if (this.#session?.readingPaused) {
+      // We are not reading (the backlog of received epochs is full): heartbeats wait in
+      // the socket unread, so silence now says nothing of the primary.
+      this.#lastHeard = performance.now();
+      this.#detector.alive(this.#lastHeard);
+      return;
+    }
     const link = this.#session?.link;
     if (link) {
       // Bytes still arriving (a long frame) are a sign of life too.
@@ -298,6 +318,13 @@ export class Standby extends EventEmitter {
       if (heard > this.#lastHeard) { this.#lastHeard = heard; this.#detector.alive(heard); }
     }
     if (!this.#detector.suspected()) return;
+    if (!confirming) {
+      if (!this.#confirmPending) {
+        this.#confirmPending = true;
+        setImmediate(() => { this.#confirmPending = false; this.#watch(true); });
+      }
+      return;
+    }
     const silentMs = performance.now() - this.#lastHeard;
     this.#armed = false;
     this.#log.warn({ silentMs: Math.round(silentMs), detector: this.#detector.description }, 'the primary is considered dead');
@@ -327,16 +354,22 @@ export class Standby extends EventEmitter {
     const run = (async (): Promise<PromotionResult> => {
       if (!this.#criu) this.#criu = await usableCriu(this.#o.promotion?.criu).catch(() => '');
       const criu = this.#criu;
-      // The session may still be applying what arrived before the link closed: let it
-      // finish (it commits a complete batch or aborts a partial one) so that the image is
-      // built from one committed epoch, not from a store that changes underneath.
+      // The session may still be applying what arrived before the link closed: it stops
+      // after the batch in hand (applyReceived: after all it received), committing a
+      // complete batch or aborting a partial one, so that the image is built from one
+      // committed epoch, not from a store that changes underneath.
+      const td = performance.now();
+      if (!this.#o.applyReceived) session?.abandon();
       await session?.finished;
+      const drainMs = performance.now() - td;
       await this.#warming;
       const onLazyFailure = (why: string) => { if (!this.#closed) void this.#afterLazyFailure(why); };
       const onLazyTransfer = (done: Promise<unknown>) => { this.#lazyTransfer = done.catch(() => undefined); };
       const r: PromotionResult = criu
         ? await promote(this.#store, this.dir, { ...this.#o.promotion, criu, logger: this.#log, onLazyFailure, onLazyTransfer, warm: () => this.#warm, ...override }, detectionMs)
-        : { ok: false, outcome: 'failed', lazy: false, pid: null, epoch: this.#store.committed?.epoch ?? 0, lineage: '', generation: 0, attempts: 0, errors: ['no CRIU: promotion needs CRIU 4.2+'], timings: { detectionMs, fenceMs: 0, prepareMs: 0, daemonMs: 0, buildMs: 0, restoreMs: 0, healthMs: 0, totalMs: detectionMs } };
+        : { ok: false, outcome: 'failed', lazy: false, pid: null, epoch: this.#store.committed?.epoch ?? 0, lineage: '', generation: 0, attempts: 0, errors: ['no CRIU: promotion needs CRIU 4.2+'], timings: { detectionMs, fenceMs: 0, prepareMs: 0, daemonMs: 0, pidWaitMs: 0, buildMs: 0, restoreMs: 0, healthMs: 0, totalMs: detectionMs } };
+      r.timings.drainMs = drainMs;
+      r.timings.totalMs += drainMs;
       this.#promotion = { ...r, at: Date.now(), reason };
       if (r.outcome === 'fenced-out') {
         this.#role = 'standby'; // nothing was done: a later attempt may succeed
@@ -393,6 +426,8 @@ export class Standby extends EventEmitter {
           criu, dir: join(root, `warm-${cur.state.base}-${process.pid}`), baseDir: baseDir(this.dir, cur.state.base), baseId: cur.state.base,
           store: this.#store, pid: cur.state.pid,
         });
+        // The page runs a lazy image lists: built once now, then kept up to date by each commit.
+        this.#store.pageRuns();
         this.#log.debug({ base: cur.state.base, ms: Math.round(this.#warm.daemonReadyMs) }, 'lazy restore ready');
       } catch (e) {
         this.#log.warn({ err: (e as Error).message }, 'cannot prepare a lazy restore ahead; a promotion would start one');
@@ -437,7 +472,7 @@ export class Standby extends EventEmitter {
     this.#detector.reset();
     this.#lastHeard = performance.now();
     this.#armed = true;
-    session.link.on('heartbeat', (hb: { sentAt: number }) => { this.#lastHeard = performance.now(); this.#detector.heartbeat(this.#lastHeard, hb.sentAt); });
+    session.link.on('heartbeat', (hb: HeartbeatInfo) => { this.#lastHeard = performance.now(); this.#detector.heartbeat(this.#lastHeard, hb.sentAt, hb.skipped); });
     session.link.on('message', () => { this.#lastHeard = performance.now(); this.#detector.alive(this.#lastHeard); });
     this.emit('peer', { state: 'connected', peer: session.peer });
     this.#log.info({ peer: session.peer }, 'primary connected');
@@ -513,6 +548,18 @@ class Session {
   #closed = false;
   #queuedBytes = 0;
   #paused = false;
+  #abandoned = false;
+
+  /** Drops what is queued and not yet started: the run ends after the message in hand. */
+  abandon(): void {
+    this.#abandoned = true;
+    this.#queue.length = 0;
+    this.#queuedBytes = 0;
+    this.#wake?.();
+  }
+
+  /** We stopped reading the link (our backlog is full): the primary's silence then is ours. */
+  get readingPaused(): boolean { return this.#paused; }
 
   constructor(standby: Standby, link: Link) {
     this.standby = standby;
@@ -538,8 +585,9 @@ class Session {
 
   async #next(timeoutMs?: number): Promise<Message | null> {
     const deadline = timeoutMs === undefined ? Infinity : Date.now() + timeoutMs;
+    if (this.#abandoned) return null;
     while (this.#queue.length === 0) {
-      if (this.#closed) return null;
+      if (this.#closed || this.#abandoned) return null;
       const left = deadline - Date.now();
       if (left <= 0) throw new Error(`no hello within ${timeoutMs} ms`);
       await new Promise<void>((resolve) => {

@@ -48,6 +48,8 @@ export interface HeartbeatInfo {
   status?: string;
   /** The round-trip time this heartbeat measured, if it carried an echo. */
   rttMs?: number;
+  /** Heartbeats the peer skipped just before this one (its socket was backed up). */
+  skipped?: number;
 }
 
 export interface LinkEvents {
@@ -90,6 +92,7 @@ export class Link extends EventEmitter<LinkEvents> {
   private sentFrames = 0;
   private lastHeardMono = performance.now();
   private heartbeatTimer: NodeJS.Timeout | undefined;
+  private skippedBeats = 0;
   /** The peer's last `sentAt` and when (our monotonic ms) it arrived. */
   private peerSentAt = 0;
   private peerSentHeardAt = 0;
@@ -230,12 +233,17 @@ export class Link extends EventEmitter<LinkEvents> {
   private beat(): void {
     // While the socket is backed up the peer hears our bytes anyway; queueing heartbeats
     // behind them would only grow the queue of a peer that stopped reading.
-    if (this.closeInfo || this.socket.writableNeedDrain) return;
+    // The next heartbeat says how many were skipped, so that the peer's failure detector
+    // does not learn that gap as jitter (it would then wait longer to declare us dead).
+    if (this.closeInfo) return;
+    if (this.socket.writableNeedDrain) { this.skippedBeats++; return; }
     const echo = this.peerSentAt === 0 ? 0 : this.peerSentAt + (performance.now() - this.peerSentHeardAt);
     const hb: HeartbeatMsg = { t: 'hb', sentAt: heartbeatClock(), echo };
     if (this.status !== undefined) hb.status = this.status.slice(0, MESSAGE_LIMITS.maxShortChars);
+    if (this.skippedBeats > 0) hb.skipped = this.skippedBeats;
     try {
       this.writeFrame(hb);
+      this.skippedBeats = 0;
     } catch (e) {
       this.fail(e as Error, `cannot send a heartbeat: ${(e as Error).message}`);
     }
@@ -298,6 +306,7 @@ export class Link extends EventEmitter<LinkEvents> {
     this.peerSentHeardAt = performance.now();
     const info: HeartbeatInfo = { sentAt: m.sentAt, echo: m.echo };
     if (m.status !== undefined) info.status = m.status;
+    if (m.skipped !== undefined) info.skipped = m.skipped;
     if (m.echo > 0) {
       const sample = Math.max(0, heartbeatClock() - m.echo);
       // Smoothed like TCP's SRTT, so one delayed heartbeat does not swing the figure.

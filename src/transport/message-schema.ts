@@ -232,9 +232,10 @@ function ack(v: unknown): AckMsg {
 }
 
 function heartbeat(v: unknown): HeartbeatMsg {
-  const o = fields(v, 'hb', ['t', 'sentAt', 'echo', 'status']);
+  const o = fields(v, 'hb', ['t', 'sentAt', 'echo', 'status', 'skipped']);
   const msg: HeartbeatMsg = { t: 'hb', sentAt: timestamp(o.sentAt, 'hb.sentAt'), echo: timestamp(o.echo, 'hb.echo') };
   if (o.status !== undefined) msg.status = text(o.status, 'hb.status', MESSAGE_LIMITS.maxShortChars);
+  if (o.skipped !== undefined) msg.skipped = count(o.skipped, 'hb.skipped');
   return msg;
 }
 

@@ -18,7 +18,8 @@
 // the same threads (by TID) as in the base, and no new shared memory (REBASE_NEEDED).
 // Put outDir on a tmpfs (/dev/shm): restore reads it fastest there.
 import { constants as fsc } from 'node:fs';
-import { copyFile, link, mkdir, open, readdir, readFile, rm, stat, writeFile } from 'node:fs/promises';
+import { writeFileSync } from 'node:fs';
+import { copyFile, link, mkdir, open, readdir, readFile, rm, stat } from 'node:fs/promises';
 import { join } from 'node:path';
 import type { EpochState } from '../../protocol/messages.js';
 import { patchCoreEntry } from './core.js';
@@ -70,6 +71,47 @@ export interface BuildEpochImageOptions {
    * exist are kept as they are instead of refusing a non-empty directory.
    */
   prepared?: boolean;
+  /**
+   * The base's small files, read ahead (BaseImageFiles.read of baseDir): the build then
+   * reads nothing from disk but the base's pages, if any.
+   */
+  baseFiles?: BaseImageFiles;
+}
+
+/**
+ * Every file of a base image but its pages, in memory. A promotion that has them does not
+ * queue behind the store's disk I/O to read the base (a warm lazy restore reads them when
+ * the base arrives, long before any failure).
+ */
+export class BaseImageFiles {
+  private constructor(readonly dir: string, readonly names: readonly string[], readonly files: ReadonlyMap<string, Buffer>) {}
+
+  static async read(dir: string): Promise<BaseImageFiles> {
+    let names: string[];
+    try {
+      names = await readdir(dir);
+    } catch (e) {
+      throw new ImageBuildError('BASE_MISSING', `cannot read the base image directory ${dir}: ${(e as Error).message}`, { cause: e });
+    }
+    const files = new Map<string, Buffer>();
+    for (const n of names) if (n.endsWith('.img') && !/^pages-\d+\.img$/.test(n)) files.set(n, await readFile(join(dir, n)));
+    return new BaseImageFiles(dir, names, files);
+  }
+
+  /** The parsed image `name` (a fresh parse: callers may patch what they get). */
+  image(name: string, magic: number): ImageFile {
+    const buf = this.files.get(name);
+    const path = join(this.dir, name);
+    if (!buf) throw new ImageBuildError('BASE_MISSING', `the base image has no ${name} (${path})`);
+    try {
+      const img = parseImage(buf, path);
+      if (img.magic !== magic) throw new ImageFormatError(`${path}: magic 0x${img.magic.toString(16)}, expected 0x${magic.toString(16)}`);
+      return img;
+    } catch (e) {
+      if (e instanceof ImageFormatError || e instanceof ProtobufError) throw new ImageBuildError('BASE_INVALID', `${path}: ${e.message}`, { cause: e });
+      throw e;
+    }
+  }
 }
 
 export interface BuildTimings {
@@ -111,6 +153,19 @@ function ms(t0: number): number {
 
 function isNoEnt(e: unknown): boolean {
   return (e as NodeJS.ErrnoException)?.code === 'ENOENT';
+}
+
+/** Reads the images of a base: from memory (BaseImageFiles) or from its directory. */
+type BaseReader = (name: string, magic: number) => Promise<ImageFile>;
+
+/** Small output files, written synchronously: on a tmpfs that costs microseconds, and
+ * nothing waits in libuv's thread pool behind the store's disk I/O during a promotion. */
+function writeOut(outDir: string, name: string, data: Buffer): void {
+  try {
+    writeFileSync(join(outDir, name), data);
+  } catch (e) {
+    throw new ImageBuildError('OUTPUT', `cannot write ${join(outDir, name)}: ${(e as Error).message}`, { cause: e });
+  }
 }
 
 async function readBaseImage(baseDir: string, name: string, magic: number): Promise<ImageFile> {
@@ -191,15 +246,20 @@ async function build(o: BuildEpochImageOptions, started: { out: boolean }): Prom
 
   // --- the base: what it holds, and that it fits the epoch --------------------------------
   const tCopy = performance.now();
-  let names: string[];
+  const cached = o.baseFiles && o.baseFiles.dir === baseDir ? o.baseFiles : undefined;
+  const rd: BaseReader = cached ? async (name, magic) => cached.image(name, magic) : (name, magic) => readBaseImage(baseDir, name, magic);
+  let names: readonly string[];
   try {
-    if (!(await stat(baseDir)).isDirectory()) throw new ImageBuildError('BASE_MISSING', `the base ${baseDir} is not a directory`);
-    names = await readdir(baseDir);
+    if (cached) names = cached.names;
+    else {
+      if (!(await stat(baseDir)).isDirectory()) throw new ImageBuildError('BASE_MISSING', `the base ${baseDir} is not a directory`);
+      names = await readdir(baseDir);
+    }
   } catch (e) {
     if (e instanceof ImageBuildError) throw e;
     throw new ImageBuildError('BASE_MISSING', `cannot read the base image directory ${baseDir}: ${(e as Error).message}`, { cause: e });
   }
-  const pstree = await readBaseImage(baseDir, 'pstree.img', Magic.PSTREE);
+  const pstree = await rd('pstree.img', Magic.PSTREE);
   if (pstree.entries.length !== 1)
     throw new ImageBuildError('BASE_INVALID', `the base holds ${pstree.entries.length} processes; only a single process (no children) is supported`);
   const tree = Message.parse(pstree.entries[0]!);
@@ -218,7 +278,7 @@ async function build(o: BuildEpochImageOptions, started: { out: boolean }): Prom
   for (const n of ['inventory.img', `mm-${pid}.img`, `pagemap-${pid}.img`, 'files.img'])
     if (!names.includes(n)) throw new ImageBuildError('BASE_MISSING', `the base image has no ${n} (${join(baseDir, n)})`);
 
-  const pagemapImg = await readBaseImage(baseDir, `pagemap-${pid}.img`, Magic.PAGEMAP);
+  const pagemapImg = await rd(`pagemap-${pid}.img`, Magic.PAGEMAP);
   const basePagemap = parseBasePagemap(pagemapImg.entries, `pagemap-${pid}.img`);
   const pagesName = `pages-${basePagemap.pagesId}.img`;
   if (!names.includes(pagesName)) throw new ImageBuildError('BASE_MISSING', `the base image has no ${pagesName} (named by pagemap-${pid}.img)`);
@@ -230,7 +290,7 @@ async function build(o: BuildEpochImageOptions, started: { out: boolean }): Prom
   // files.img: positions and sizes, and entries for files mapped or opened since the base;
   // fdinfo: when the epoch's descriptor table is reconciled with the base's.
   rewritten.add('files.img');
-  const filesId = await filesIdOf(baseDir, pid, names);
+  const filesId = await filesIdOf(rd, pid, names);
   const fdinfoName = `fdinfo-${filesId}.img`;
   const reconcile = Array.isArray(state.fds) && state.fds.length > 0;
   if (reconcile) rewritten.add(fdinfoName);
@@ -276,17 +336,17 @@ async function build(o: BuildEpochImageOptions, started: { out: boolean }): Prom
   }
   await Promise.all(state.threads.map(async (t) => {
     const name = `core-${t.tid}.img`;
-    const img = await readBaseImage(baseDir, name, Magic.CORE);
+    const img = await rd(name, Magic.CORE);
     const entry = patchCoreEntry(one(img, name), t, { leader: t.tid === pid, layout, file: name });
-    await writeFile(join(outDir, name), serializeImage({ ...img, entries: [entry] }));
+    writeOut(outDir, name, serializeImage({ ...img, entries: [entry] }));
   }));
   const coresMs = ms(tCores);
 
   // --- layout -------------------------------------------------------------------------------
   const tMm = performance.now();
-  const filesImg = await readBaseImage(baseDir, 'files.img', Magic.FILES);
+  const filesImg = await rd('files.img', Magic.FILES);
   const mmName = `mm-${pid}.img`;
-  const mmImg = await readBaseImage(baseDir, mmName, Magic.MM);
+  const mmImg = await rd(mmName, Magic.MM);
   const mmEntry = one(mmImg, mmName);
   const fileTable = new FileTable(filesImg.entries);
   let planned;
@@ -296,7 +356,7 @@ async function build(o: BuildEpochImageOptions, started: { out: boolean }): Prom
     if (e instanceof ProtobufError) throw new ImageBuildError('BASE_INVALID', `${mmName}: ${e.message}`, { cause: e });
     throw e;
   }
-  await writeFile(join(outDir, mmName), serializeImage({ ...mmImg, entries: [patchMmEntry(mmEntry, planned, state.brk)] }));
+  writeOut(outDir, mmName, serializeImage({ ...mmImg, entries: [patchMmEntry(mmEntry, planned, state.brk)] }));
   const mmMs = ms(tMm);
 
   // --- pages --------------------------------------------------------------------------------
@@ -311,7 +371,7 @@ async function build(o: BuildEpochImageOptions, started: { out: boolean }): Prom
         strict: o.strictPages ?? false, omitZeroPages: o.omitZeroPages ?? true, lazy: o.lazy,
       });
       pageStats = r.stats;
-      await writeFile(join(outDir, `pagemap-${pid}.img`), serializeImage(newImage(Magic.PAGEMAP, [basePagemap.head, ...r.entries])));
+      writeOut(outDir, `pagemap-${pid}.img`, serializeImage(newImage(Magic.PAGEMAP, [basePagemap.head, ...r.entries])));
     } finally {
       await out.close();
     }
@@ -322,7 +382,7 @@ async function build(o: BuildEpochImageOptions, started: { out: boolean }): Prom
 
   // --- files --------------------------------------------------------------------------------
   const tFiles = performance.now();
-  const fdinfo = await readBaseImage(baseDir, fdinfoName, Magic.FDINFO);
+  const fdinfo = await rd(fdinfoName, Magic.FDINFO);
   let fr: FilesResult = { fdinfo: undefined, patched: 0, addedFds: [], closedFds: [], missing: [], skipped: [] };
   if (reconcile) fr = reconcileFds(fileTable, fdinfo.entries, state.fds);
   if (o.files?.length) {
@@ -332,8 +392,8 @@ async function build(o: BuildEpochImageOptions, started: { out: boolean }): Prom
   }
   fr.patched = fileTable.changedCount;
   const sizesDropped = o.dropFileSizes ? fileTable.dropSizes() : 0;
-  await writeFile(join(outDir, 'files.img'), serializeImage({ ...filesImg, entries: fileTable.entries() }));
-  if (fr.fdinfo) await writeFile(join(outDir, fdinfoName), serializeImage({ ...fdinfo, entries: fr.fdinfo }));
+  writeOut(outDir, 'files.img', serializeImage({ ...filesImg, entries: fileTable.entries() }));
+  if (fr.fdinfo) writeOut(outDir, fdinfoName, serializeImage({ ...fdinfo, entries: fr.fdinfo }));
   if (fr.missing.length) notes.push(`descriptors opened since the base that an image cannot carry (the restored process will not have them): ${fr.missing.join(', ')}`);
   if (fr.closedFds.length) notes.push(`descriptors closed since the base, left out: ${fr.closedFds.join(', ')}`);
   const { fdinfo: _unused, ...filesSummary } = fr;
@@ -343,10 +403,10 @@ async function build(o: BuildEpochImageOptions, started: { out: boolean }): Prom
   // --- clocks -------------------------------------------------------------------------------
   const tTimens = performance.now();
   if (rewritten.has('timens-0.img')) {
-    const img = await readBaseImage(baseDir, 'timens-0.img', Magic.TIMENS);
+    const img = await rd('timens-0.img', Magic.TIMENS);
     const tn = Message.parse(one(img, 'timens-0.img'));
     tn.setMessage(1, timespec(state.clocks.monotonicNs)).setMessage(2, timespec(state.clocks.boottimeNs));
-    await writeFile(join(outDir, 'timens-0.img'), serializeImage({ ...img, entries: [tn.serialize()] }));
+    writeOut(outDir, 'timens-0.img', serializeImage({ ...img, entries: [tn.serialize()] }));
   }
   const timensMs = ms(tTimens);
 
@@ -358,13 +418,13 @@ async function build(o: BuildEpochImageOptions, started: { out: boolean }): Prom
 }
 
 /** The files_id of the process (ids-PID.img, or the core's ids), i.e. which fdinfo image. */
-async function filesIdOf(baseDir: string, pid: number, names: readonly string[]): Promise<bigint> {
+async function filesIdOf(rd: BaseReader, pid: number, names: readonly string[]): Promise<bigint> {
   if (names.includes(`ids-${pid}.img`)) {
-    const ids = Message.parse(one(await readBaseImage(baseDir, `ids-${pid}.img`, Magic.IDS), `ids-${pid}.img`));
+    const ids = Message.parse(one(await rd(`ids-${pid}.img`, Magic.IDS), `ids-${pid}.img`));
     const id = ids.getUint(2);
     if (id !== undefined) return id;
   }
-  const core = Message.parse(one(parseImage(await readFile(join(baseDir, `core-${pid}.img`))), `core-${pid}.img`));
+  const core = Message.parse(one(await rd(`core-${pid}.img`, Magic.CORE), `core-${pid}.img`));
   const id = core.getMessage(4)?.getUint(2);
   if (id !== undefined) return id;
   const fdinfos = names.filter((n) => /^fdinfo-\d+\.img$/.test(n));

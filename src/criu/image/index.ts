@@ -1,5 +1,5 @@
 // Building a CRIU image of a replicated epoch (see image-builder.ts).
-export { buildEpochImage, type BuildEpochImageOptions, type BuildEpochImageResult, type BuildTimings } from './image-builder.js';
+export { BaseImageFiles, buildEpochImage, type BuildEpochImageOptions, type BuildEpochImageResult, type BuildTimings } from './image-builder.js';
 export { ImageBuildError, type ImageBuildErrorCode } from './errors.js';
 export { pagesFromRanges, type LazyPagesInput, type PageEntry, type PageLookup, type PageSource, type PageStats } from './pages.js';
 export type { FileState, FilesResult } from './files.js';
