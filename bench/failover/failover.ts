@@ -71,7 +71,7 @@ async function once(sizeMiB: number, work: string, log: (s: string) => void): Pr
     }
     const killToServingMs = performance.now() - tKill;
     const t = r.timings;
-    log(`  ${sizeMiB} MiB: kill -> serving ${Math.round(killToServingMs)} ms (detection ${Math.round(t.detectionMs)}, image ${Math.round(t.buildMs)}, restore ${Math.round(t.restoreMs)}, health ${Math.round(t.healthMs)}, drain ${Math.round(t.drainMs ?? 0)}, pid wait ${Math.round(t.pidWaitMs)}; heartbeat gaps learnt: mean ${learnt.heartbeatGapMs.mean.toFixed(1)} std ${learnt.heartbeatGapMs.std.toFixed(1)} ms, implied detection ${Math.round(learnt.expectedDetectionMs)} ms)`);
+    log(`  ${sizeMiB} MiB: kill -> serving ${Math.round(killToServingMs)} ms (detection ${Math.round(t.detectionMs)}, image ${Math.round(t.buildMs)}, restore ${Math.round(t.restoreMs)}, health ${Math.round(t.healthMs)}, drain ${Math.round(t.drainMs ?? 0)}, prepare ${Math.round(t.prepareMs)}, pid wait ${Math.round(t.pidWaitMs)}; heartbeat gaps learnt: mean ${learnt.heartbeatGapMs.mean.toFixed(1)} std ${learnt.heartbeatGapMs.std.toFixed(1)} ms, implied detection ${Math.round(learnt.expectedDetectionMs)} ms)`);
     return { sizeMiB, killToServingMs, detectionMs: t.detectionMs, buildMs: t.buildMs, restoreMs: t.restoreMs, healthMs: t.healthMs, drainMs: t.drainMs ?? 0, pidWaitMs: t.pidWaitMs, epoch: r.epoch, counterAtRestore: String(field(reply, 'counter')),
       gapMeanMs: learnt.heartbeatGapMs.mean, gapStdMs: learnt.heartbeatGapMs.std, expectedDetectionMs: learnt.expectedDetectionMs };
   } finally {

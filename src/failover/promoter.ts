@@ -228,7 +228,11 @@ export async function promote(store: EpochStore, dir: string, o: PromotionOption
       timings.buildMs = performance.now() - tb;
       for (const n of built.notes) log.info({ note: n }, 'image');
       log.debug({ timings: built.timings, pages: built.pages }, 'image built');
+      // Written while the image was built; what is left of its fsync counts as preparation
+      // (on a disk busy with the store's writes it can take longer than the build).
+      const tg = performance.now();
       await generationSet;
+      timings.prepareMs += performance.now() - tg;
       if (lazyUsed) {
         let lr: LazyRestore;
         try {

@@ -15,6 +15,8 @@ import type { EpochState } from '../protocol/messages.js';
 export const PAGE_SIZE = 4096;
 /** Pending epochs at most (a batch indexes its epochs in 12 bits; see Batch). */
 export const MAX_PENDING_EPOCHS = 1024;
+/** Epochs one batch can coalesce (a batch may add a few captured around a new base). */
+const EPOCH_SLOTS = 4096;
 
 /** One epoch as the epoch loop captured it. */
 export interface CapturedEpoch {
@@ -43,45 +45,51 @@ export class Batch {
   /** Pages the epochs held before coalescing (pageCount <= this). */
   readonly capturedPages: number;
   readonly #epochs: CapturedEpoch[];
-  /** Page number -> [epoch index, byte offset in its `pages`]; undefined for one epoch. */
-  readonly #index: Map<number, number> | undefined;
-  /** The index's page numbers, ascending. */
-  readonly #keys: Float64Array | undefined;
+  /**
+   * For several epochs: the pages kept, ascending, each as pageNo * EPOCH_SLOTS + index of
+   * the newest epoch that holds it. Typed arrays rather than a Map: at 1 GiB a Map of page
+   * numbers made the garbage collector stop the agent (and its heartbeats) for 0.5 s.
+   */
+  readonly #selected: Float64Array | undefined;
 
   /**
-   * Coalesces `epochs` (oldest first) without holding the event loop: at 1 GiB written
-   * per epoch the index takes hundreds of milliseconds to build, and heartbeats sent late
-   * make the standby's failure detector suspect a live primary. Work is cut into slices
-   * with a turn of the event loop between them.
+   * Coalesces `epochs` (oldest first) without holding the event loop for long: composite
+   * keys are filled in slices with a turn of the loop between them, then sorted natively.
    */
   static async build(epochs: CapturedEpoch[]): Promise<Batch> {
     if (epochs.length <= 1) return new Batch(epochs);
-    const SLICE = 32_768; // pages between two turns of the event loop (~5 ms)
+    if (epochs.length > EPOCH_SLOTS) throw new Error(`cannot coalesce ${epochs.length} epochs at once (at most ${EPOCH_SLOTS})`);
+    const SLICE = 65_536; // pages between two turns of the event loop
     const turn = () => new Promise<void>((r) => setImmediate(r));
-    const index = new Map<number, number>();
-    let done = 0;
+    const total = epochs.reduce((n, e) => n + e.pages.length / PAGE_SIZE, 0);
+    const keys = new Float64Array(total);
+    let k = 0;
     for (let ei = 0; ei < epochs.length; ei++) {
-      const e = epochs[ei]!;
-      let off = 0;
-      for (let i = 0; i < e.ranges.length; i += 2) {
-        const first = Number(e.ranges[i]!) / PAGE_SIZE;
-        const n = Number(e.ranges[i + 1]!);
-        for (let p = 0; p < n; p++, off += PAGE_SIZE) {
-          index.set(first + p, off + ei);
-          if (++done % SLICE === 0) await turn();
+      const r = epochs[ei]!.ranges;
+      for (let i = 0; i < r.length; i += 2) {
+        const first = Number(r[i]!) / PAGE_SIZE;
+        const n = Number(r[i + 1]!);
+        for (let p = 0; p < n; p++) {
+          keys[k++] = (first + p) * EPOCH_SLOTS + ei;
+          if (k % SLICE === 0) await turn();
         }
       }
     }
-    const keys = new Float64Array(index.size);
-    let k = 0;
-    for (const pn of index.keys()) keys[k++] = pn;
     await turn();
-    keys.sort(); // numeric, native: no comparator
-    return new Batch(epochs, index, keys);
+    keys.sort(); // numeric and native; a page's versions end up together, the newest last
+    await turn();
+    // Keep the last key of each page (its newest epoch), compacting in place.
+    let o = 0;
+    for (let i = 0; i < keys.length; i++) {
+      const pn = Math.floor(keys[i]! / EPOCH_SLOTS);
+      if (i + 1 < keys.length && Math.floor(keys[i + 1]! / EPOCH_SLOTS) === pn) continue;
+      keys[o++] = keys[i]!;
+    }
+    return new Batch(epochs, keys.subarray(0, o));
   }
 
-  /** Use Batch.build for more than one epoch: building the index here would block. */
-  constructor(epochs: CapturedEpoch[], index?: Map<number, number>, keys?: Float64Array) {
+  /** Use Batch.build for more than one epoch: coalescing here would block. */
+  constructor(epochs: CapturedEpoch[], selected?: Float64Array) {
     if (epochs.length === 0) throw new Error('empty batch');
     this.#epochs = epochs;
     const newest = epochs[epochs.length - 1]!;
@@ -91,16 +99,13 @@ export class Batch {
     this.state = newest.state;
     this.capturedPages = epochs.reduce((n, e) => n + e.pages.length / PAGE_SIZE, 0);
     if (epochs.length === 1) {
-      this.#index = undefined;
+      this.#selected = undefined;
       this.pageCount = this.capturedPages;
       return;
     }
-    // Later epochs overwrite earlier ones. Offsets are page-aligned, so the epoch index
-    // fits in the low 12 bits of the value.
-    if (!index || !keys) throw new Error('a batch of several epochs is made by Batch.build');
-    this.#index = index;
-    this.#keys = keys;
-    this.pageCount = index.size;
+    if (!selected) throw new Error('a batch of several epochs is made by Batch.build');
+    this.#selected = selected;
+    this.pageCount = selected.length;
   }
 
   /**
@@ -110,23 +115,37 @@ export class Batch {
    * (a fresh buffer per chunk costs a page fault per page, ~0.5 s per GiB).
    */
   *chunks(maxPages: number): Generator<{ addrs: BigUint64Array; pages: Buffer }> {
-    if (!this.#index) {
+    if (!this.#selected) {
       const e = this.#epochs[0]!;
       yield* chunkRanges(e.ranges, e.pages, maxPages);
       return;
     }
-    const keys = this.#keys!;
-    const reused = Buffer.allocUnsafe(Math.min(maxPages, keys.length) * PAGE_SIZE);
-    for (let k = 0; k < keys.length; k += maxPages) {
-      const n = Math.min(maxPages, keys.length - k);
+    const sel = this.#selected;
+    // Where a page lies in its epoch's buffer: pages come in ascending order, so one
+    // cursor per epoch walks its ranges forward.
+    const cursors = this.#epochs.map(() => ({ range: 0, before: 0 }));
+    const offsetOf = (ei: number, pn: number): number => {
+      const r = this.#epochs[ei]!.ranges;
+      const c = cursors[ei]!;
+      for (;;) {
+        const first = Number(r[c.range]!) / PAGE_SIZE;
+        const n = Number(r[c.range + 1]!);
+        if (pn < first + n) return (c.before + pn - first) * PAGE_SIZE;
+        c.before += n;
+        c.range += 2;
+      }
+    };
+    const reused = Buffer.allocUnsafe(Math.min(maxPages, sel.length) * PAGE_SIZE);
+    for (let k = 0; k < sel.length; k += maxPages) {
+      const n = Math.min(maxPages, sel.length - k);
       const w = new AddressWriter(n);
       const pages = reused.subarray(0, n * PAGE_SIZE);
       for (let i = 0; i < n; i++) {
-        const pageNo = keys[k + i]!;
-        const v = this.#index.get(pageNo)!;
-        const ei = v % PAGE_SIZE;
-        const off = v - ei;
-        w.set(i, pageNo * PAGE_SIZE);
+        const key = sel[k + i]!;
+        const pn = Math.floor(key / EPOCH_SLOTS);
+        const ei = key - pn * EPOCH_SLOTS;
+        const off = offsetOf(ei, pn);
+        w.set(i, pn * PAGE_SIZE);
         this.#epochs[ei]!.pages.copy(pages, i * PAGE_SIZE, off, off + PAGE_SIZE);
       }
       yield { addrs: w.out, pages };
