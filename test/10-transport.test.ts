@@ -11,7 +11,7 @@ import { afterAll, afterEach, beforeAll, beforeEach, describe, expect, it, vi } 
 import { ReplicateError } from '../src/errors.js';
 import type { EndMsg, Message, PagesMsg } from '../src/protocol/messages.js';
 import { FrameError, TransportError } from '../src/transport/errors.js';
-import { DEFAULT_MAX_FRAME_BYTES, encodeFrame, FrameDecoder } from '../src/transport/frame-codec.js';
+import { DEFAULT_MAX_FRAME_BYTES, encodeFrame, encodeFrameParts, FrameDecoder } from '../src/transport/frame-codec.js';
 import { connect, listen, parseHostPort, type Link, type LinkCloseInfo, type ListeningServer, type RejectedInfo } from '../src/transport/link.js';
 import {
   generateSecret, isLoopback, readSecretFile, writeSecretFile, type SecurityOptions,
@@ -214,6 +214,22 @@ describe('frame codec', () => {
     expect(decoded.state.brk).toBe(4096n);
     expect(decoded.state.clocks).toEqual({ monotonicNs: 1n, boottimeNs: 2n, realtimeNs: 3n });
     expect(decoded.state.threads[0]!.sigmask).toBe(5n);
+  });
+
+  it('sends large page data without copying it, in the same bytes as one frame', () => {
+    for (const pages of [1, 15, 16, 17, 2048]) {
+      const msg = pagesMsg(pages);
+      const parts = encodeFrameParts(msg, 1);
+      const whole = encodeFrame(msg, 1);
+      expect(Buffer.concat(parts).equals(whole)).toBe(true);
+      // 16 pages and more: the data is the caller's buffer itself, after a small prefix.
+      expect(parts.length).toBe(pages * 4096 >= 65_536 ? 2 : 1);
+      if (parts.length === 2) expect(parts[1]).toBe(msg.data);
+      const [got] = decodeAll(parts) as [PagesMsg];
+      expect(got.data.equals(msg.data)).toBe(true);
+    }
+    const big = pagesMsg(64);
+    expect(() => encodeFrameParts(big, 1, 200_000)).toThrow(/above the limit of 200000/);
   });
 
   it('decodes an 8 MiB pages frame fed in 64 KiB chunks, joining it once', () => {

@@ -222,6 +222,18 @@ describe('epoch store: contents', () => {
     expect(epochOfPage((await store.readPage(addrOf(3)))!, 3)).toBe(2);
     expect(await store.readPage(addrOf(5))).toBeNull();
     expect(epochOfPage((await store.readPage(addrOf(6)))!, 6)).toBe(before.get(6));
+    // readPageInto: the same versions, written at an offset of a caller's buffer (what the
+    // delta decoder uses); a zero or unknown page leaves zeros over whatever was there.
+    const out = Buffer.alloc(3 * 4096, 0xee);
+    expect(store.readPageInto(addrOf(3), out, 4096)).toBe(true);
+    expect(epochOfPage(out.subarray(4096, 8192), 3)).toBe(2);
+    expect(out[0]).toBe(0xee);
+    expect(out[8192]).toBe(0xee);
+    expect(store.readPageInto(addrOf(6), out, 0)).toBe(true);
+    expect(epochOfPage(out.subarray(0, 4096), 6)).toBe(before.get(6));
+    expect(store.readPageInto(addrOf(5), out, 8192)).toBeNull();
+    expect(store.readPageInto(addrOf(100_000), out, 4096)).toBeUndefined();
+    expect(out.subarray(4096).every((x) => x === 0)).toBe(true);
     await Promise.all([p1, p2]);
     await b.abort();
     expect(epochOfPage((await store.readPage(addrOf(3)))!, 3)).toBe(before.get(3));

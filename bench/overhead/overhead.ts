@@ -11,7 +11,8 @@
 //     every commit), at epochs of 25, 100 and 1000 ms,
 //   - baseline a: periodic CRIU dumps (bench/baselines/criu-periodic.ts) at the same periods.
 // Each session starts a fresh target, and the agents or the dumper, then runs the load.
-import { mkdtempSync, rmSync } from 'node:fs';
+import { spawnSync } from 'node:child_process';
+import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { locateCriu } from '../../src/criu/locate.js';
@@ -24,7 +25,12 @@ import { barsWithRange } from '../lib/plot.js';
 import { autocannon, cleanup, freePort, redisBenchmark, startCli, startHttpServer, startRedis, type CliProcess, type LoadResult, type Target } from '../lib/processes.js';
 import { fmt, figureTable, provenance, table } from '../lib/report.js';
 
-export type Config = { kind: 'none' } | { kind: 'ours'; epochMs: number } | { kind: 'criu'; epochMs: number };
+/**
+ * `idleStandby`: the standby runs at idle priority (SCHED_IDLE, every thread): it gets only
+ * the CPU the target and the load generator leave, which is what a standby on its own host
+ * costs the primary's host (nothing). This machine cannot give it cores of its own.
+ */
+export type Config = { kind: 'none' } | { kind: 'ours'; epochMs: number; idleStandby?: boolean } | { kind: 'criu'; epochMs: number };
 export type Workload = 'redis' | 'http';
 export type PhaseName = 'redis SET' | 'redis GET' | 'node HTTP';
 
@@ -32,13 +38,15 @@ const PHASES: PhaseName[] = ['redis SET', 'redis GET', 'node HTTP'];
 export const LINK_BYTES_PER_S = 1e9 / 8; // 1 Gbit/s
 
 export function configLabel(c: Config): string {
-  return c.kind === 'none' ? 'unreplicated' : c.kind === 'ours' ? `ours, epoch ${c.epochMs} ms` : `CRIU dump every ${c.epochMs} ms`;
+  return c.kind === 'none' ? 'unreplicated' : c.kind === 'ours' ? `ours, epoch ${c.epochMs} ms${c.idleStandby ? ', standby idle-priority' : ''}` : `CRIU dump every ${c.epochMs} ms`;
 }
 
 export interface PhaseSample {
   phase: PhaseName; rps: number; p50Ms: number; p99Ms: number; ms: number; requests?: number; errors?: number;
   /** The slowest request: the longest stall the clients saw. */
   maxMs?: number;
+  /** ours: CPU the primary agent and the standby used during the phase, in cores (CPU seconds per second). */
+  agentCores?: number; standbyCores?: number;
   /** ours: commits during the phase. */
   commits?: number; epochs?: number; pages?: number; wireBytes?: number;
   pauseMs?: { p50: number; p99: number; max: number };
@@ -71,11 +79,14 @@ export interface Row {
   /** Link: wire bytes per epoch / per checkpoint, per second, compression (ours), checkpoints per second (CRIU). */
   bytesPerEpoch?: number; bytesPerSecond?: number; bytesPerSecondMin?: number; bytesPerSecondMax?: number; compression?: number; epochsPerSecond?: number;
   rebases?: number;
+  /** ours: CPU of the primary agent and of the standby during the phase, cores (medians over rounds). */
+  agentCores?: number; standbyCores?: number;
 }
 
 const CONFIGS = (epochs: number[]): Config[] => [
   { kind: 'none' },
   ...epochs.map((epochMs) => ({ kind: 'ours' as const, epochMs })),
+  { kind: 'ours', epochMs: 100, idleStandby: true },
   ...epochs.map((epochMs) => ({ kind: 'criu' as const, epochMs })),
 ];
 
@@ -95,6 +106,25 @@ function oursPhase(events: Array<Record<string, unknown>>, from: number, to: num
     commits: commits.length, epochs: last?.epoch !== undefined ? Number(last.epoch) - lastEpochBefore : 0, pages, wireBytes: bytes,
     pauseMs: last?.pauseMs ? { p50: last.pauseMs.p50, p99: last.pauseMs.p99, max: last.pauseMs.max } : undefined,
   };
+}
+
+/** User + system CPU seconds of a process (all its threads) so far; NaN when it is gone. */
+function cpuSeconds(pid: number | undefined): number {
+  if (!pid) return Number.NaN;
+  try {
+    const stat = readFileSync(`/proc/${pid}/stat`, 'utf8');
+    const f = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
+    return (Number(f[11]) + Number(f[12])) / CLOCK_TICKS;
+  } catch {
+    return Number.NaN;
+  }
+}
+const CLOCK_TICKS = 100; // USER_HZ: 100 on every Linux x86_64 build
+
+/** Moves every thread of `pid` to SCHED_IDLE (threads made later inherit it). */
+function idlePriority(pid: number): void {
+  const r = spawnSync('chrt', ['-a', '--idle', '-p', '0', String(pid)], { encoding: 'utf8' });
+  if (r.status !== 0) throw new Error(`chrt --idle on the standby (pid ${pid}) failed: ${r.stderr || r.error?.message}`);
 }
 
 function criuPhase(records: DumpRecord[], t0: number, t1: number): Partial<PhaseSample> {
@@ -129,6 +159,7 @@ async function session(ctx: Ctx, round: number, workload: Workload, config: Conf
       const sport = await freePort();
       standby = startCli(['standby', '--listen', `127.0.0.1:${sport}`, '--dir', join(ctx.work, `standby-${workload}-${config.epochMs}-${round}`), '--secret-file', ctx.key, '--no-auto-promote'], 'replicate standby');
       await standby.next('listening', 20_000);
+      if (config.idleStandby) idlePriority(standby.child.pid!);
       primary = startCli(['--pid', String(target.pid), '--to', `127.0.0.1:${sport}`, '--epoch', `${config.epochMs}ms`, '--secret-file', ctx.key], 'replicate primary');
       await primary.next('synced', 120_000);
     } else if (config.kind === 'criu') {
@@ -138,12 +169,19 @@ async function session(ctx: Ctx, round: number, workload: Workload, config: Conf
     for (const phase of phases) {
       const from = primary?.events.length ?? 0;
       const before = primary ? lastCommitEpoch(primary.events, from) : 0;
+      const cpu0 = [cpuSeconds(primary?.child.pid), cpuSeconds(standby?.child.pid)];
       const t0 = performance.now();
       const r = await load(ctx, workload, port, phase);
       const t1 = performance.now();
+      const cpu1 = [cpuSeconds(primary?.child.pid), cpuSeconds(standby?.child.pid)];
       if (primary) await primary.next('commit', 10_000 + (config.kind === 'ours' ? config.epochMs * 3 : 0)).catch(() => undefined);
       const sample: PhaseSample = { phase, rps: r.rps, p50Ms: r.p50Ms, p99Ms: r.p99Ms, ...(r.maxMs !== undefined ? { maxMs: r.maxMs } : {}), ms: t1 - t0, ...(r.requests !== undefined ? { requests: r.requests, errors: r.errors } : {}) };
-      if (primary) Object.assign(sample, oursPhase(primary.events, from, primary.events.length, before));
+      if (primary) {
+        Object.assign(sample, oursPhase(primary.events, from, primary.events.length, before));
+        const s = (t1 - t0) / 1000;
+        sample.agentCores = (cpu1[0]! - cpu0[0]!) / s;
+        sample.standbyCores = (cpu1[1]! - cpu0[1]!) / s;
+      }
       if (dumps) Object.assign(sample, criuPhase(dumps.records, t0, t1));
       out.phases.push(sample);
     }
@@ -208,6 +246,8 @@ export function rowsOf(sessions: Session[], configs: Config[]): Row[] {
         row.bytesPerEpoch = med(got.map((p) => (p.epochs ? (p.wireBytes ?? 0) / p.epochs : undefined)));
         row.compression = med(got.map((p) => (p.wireBytes ? ((p.pages ?? 0) * 4096) / p.wireBytes : undefined)));
         row.epochsPerSecond = med(got.map((p) => (p.epochs ?? 0) / (p.ms / 1000)));
+        row.agentCores = med(got.map((p) => p.agentCores));
+        row.standbyCores = med(got.map((p) => p.standbyCores));
         row.rebases = med(sessions.filter((x) => x.label === label && x.phases.some((p) => p.phase === phase)).map((x) => x.rebases));
       } else if (c.kind === 'criu') {
         row.pauseP50Ms = med(got.map((p) => p.frozenMs?.p50)); row.pauseP99Ms = med(got.map((p) => p.frozenMs?.p99)); row.pauseMaxMs = med(got.map((p) => p.frozenMs?.max));
@@ -254,7 +294,7 @@ export function figuresOf(sessions: Session[], configs: Config[], rows: Row[]): 
     }
     // Ours against periodic CRIU dumps at the same period, round by round.
     for (const c of configs) {
-      if (c.kind !== 'ours') continue;
+      if (c.kind !== 'ours' || c.idleStandby) continue;
       const ours = configLabel(c); const criu = configLabel({ kind: 'criu', epochMs: c.epochMs });
       const ct = series(criu, (p) => p.rps);
       if (ct.every((x) => !Number.isFinite(x))) continue;
@@ -356,7 +396,7 @@ export function renderOverhead(r: ScenarioResult<OverheadData>, plot: (name: str
     '',
     provenance(r),
     '',
-    `Workloads: redis-server (no persistence) under \`redis-benchmark -t set\` then \`-t get\` over the keys SET wrote (\`-c 50 -r 100000 -n ${d.redisRequests}\` each), and a Node.js HTTP server with 20 000 objects in memory, every request updating one (\`bench/targets/http-server.mjs\`), under \`autocannon -c ${d.httpConnections} -d ${d.httpSeconds}\`. Configurations: **unreplicated** (baseline: no replication at all); **ours**: a \`replicate --pid PID --epoch E\` primary process streaming to a \`replicate standby\` process on loopback (TLS 1.3 with a pre-shared key, the standby fsyncs every commit, CRIU base image taken at start); **CRIU dumps** (baseline: the recipe of the CRIU and docker-checkpoint guides): \`criu dump --leave-running --tcp-established --network-lock ${d.criuNetworkLock}\` of the same target every E ms into a fresh directory, then shipped as a tar stream into another directory (a dump starts every E ms, or as soon as the previous dump and shipment are done when they take longer). ${d.rounds} rounds; each round runs every configuration once on a fresh target, in an order reversed every other round. Ratios are per round (configuration / unreplicated of the same round), median with min–max over the rounds.`,
+    `Workloads: redis-server (no persistence) under \`redis-benchmark -t set\` then \`-t get\` over the keys SET wrote (\`-c 50 -r 100000 -n ${d.redisRequests}\` each), and a Node.js HTTP server with 20 000 objects in memory, every request updating one (\`bench/targets/http-server.mjs\`), under \`autocannon -c ${d.httpConnections} -d ${d.httpSeconds}\`. Configurations: **unreplicated** (baseline: no replication at all); **ours**: a \`replicate --pid PID --epoch E\` primary process streaming to a \`replicate standby\` process on loopback (TLS 1.3 with a pre-shared key, the standby fsyncs every commit, CRIU base image taken at start); **ours, standby idle-priority**: the same at 100 ms with every thread of the standby at \`SCHED_IDLE\` (it runs only on CPU the target and the load generator leave: what a standby on its own host costs the primary's host, which this 2-core machine cannot otherwise show; it then lags and its epochs coalesce); **CRIU dumps** (baseline: the recipe of the CRIU and docker-checkpoint guides): \`criu dump --leave-running --tcp-established --network-lock ${d.criuNetworkLock}\` of the same target every E ms into a fresh directory, then shipped as a tar stream into another directory (a dump starts every E ms, or as soon as the previous dump and shipment are done when they take longer). ${d.rounds} rounds; each round runs every configuration once on a fresh target, in an order reversed every other round. Ratios are per round (configuration / unreplicated of the same round), median with min–max over the rounds.`,
     '',
     `CRIU: ${d.criu}. No soft-dirty in this kernel, so CRIU cannot dump incrementally (\`--track-mem\`, pre-dump): every dump is a full one, which is what the recipe gets here. CRIU's network lock: \`${d.criuNetworkLock}\`; with its default (\`iptables\`, one rule per connection, set and removed while the target is frozen) a redis-server with 50 clients stayed frozen about 2.3 s per dump on this machine, so the baseline gets the faster lock.`,
     '',
@@ -374,14 +414,24 @@ export function renderOverhead(r: ScenarioResult<OverheadData>, plot: (name: str
   for (const phase of ['redis SET', 'redis GET', 'node HTTP'] as PhaseName[]) {
     const rs = byPhase(phase);
     if (!rs.length) continue;
-    lines.push(`### ${phase}`, '', table(['configuration', 'req/s (min–max)', 'throughput / unreplicated', 'p99 ms (min–max)', 'p99 / unreplicated', 'slowest request ms (min–max)', 'pause per checkpoint p50 / p99 / max ms', 're-bases'],
+    lines.push(`### ${phase}`, '', table(['configuration', 'req/s (min–max)', 'throughput / unreplicated', 'p99 ms (min–max)', 'p99 / unreplicated', 'slowest request ms (min–max)', 'pause per checkpoint p50 / p99 / max ms', 'agent / standby CPU (cores)', 're-bases'],
       rs.map((x) => [x.config, `${fmt(x.rps, 0)} (${fmt(x.rpsMin, 0)}–${fmt(x.rpsMax, 0)})`, x.kind === 'none' ? '1' : `${fmt(x.tputRatio, 3)} (${fmt(x.tputRatioMin, 3)}–${fmt(x.tputRatioMax, 3)})`,
         `${fmt(x.p99Ms)} (${fmt(x.p99Min)}–${fmt(x.p99Max)})`, x.kind === 'none' ? '1' : `${fmt(x.p99Ratio)} (${fmt(x.p99RatioMin)}–${fmt(x.p99RatioMax)})`,
         x.maxMs !== undefined && Number.isFinite(x.maxMs) ? `${fmt(x.maxMs, 0)} (${fmt(x.maxMin, 0)}–${fmt(x.maxMax, 0)})` : '–',
-        x.pauseP50Ms !== undefined ? `${fmt(x.pauseP50Ms)} / ${fmt(x.pauseP99Ms)} / ${fmt(x.pauseMaxMs)}` : '–', x.kind === 'ours' ? fmt(x.rebases, 0) : '–'])), '');
+        x.pauseP50Ms !== undefined ? `${fmt(x.pauseP50Ms)} / ${fmt(x.pauseP99Ms)} / ${fmt(x.pauseMaxMs)}` : '–',
+        x.kind === 'ours' && x.agentCores !== undefined && Number.isFinite(x.agentCores) ? `${fmt(x.agentCores, 2)} / ${fmt(x.standbyCores, 2)}` : '–',
+        x.kind === 'ours' ? fmt(x.rebases, 0) : '–'])), '');
   }
+  const setRow = (label: string) => rows.find((x) => x.phase === 'redis SET' && x.config === label);
+  const goal = (label: string, loss: number) => {
+    const x = setRow(label);
+    if (!x) return `${label}: not measured`;
+    const lost = 100 * (1 - x.tputRatio);
+    return `${label}: ${fmt(lost, 0)} % lost (${lost <= loss ? 'met' : 'not met'})`;
+  };
+  lines.push(`**Goal (redis SET): at most 5 % throughput lost at 100 ms and at most 15 % at 25 ms.** Measured: ${goal('ours, epoch 100 ms', 5)}; ${goal('ours, epoch 25 ms', 15)}; ${goal('ours, epoch 100 ms, standby idle-priority', 5)}.`, '');
   lines.push(
-    'Pause per checkpoint: for ours, the agent\'s pause per epoch (freeze, capture, thaw; p50, p99 and max over the session\'s epochs, as the primary reports them); for CRIU, the `frozen_time` CRIU records in the dump\'s `stats-dump` (every thread stopped until they run again), p50 / p99 / max over the dumps that overlapped the phase. Re-bases: new CRIU base images ours took during the session (the target\'s descriptors changed, e.g. clients connected), each one a full `criu dump` with its own freeze. Both are medians over the rounds.',
+    'Pause per checkpoint: for ours, the agent\'s pause per epoch (freeze, capture, thaw; p50, p99 and max over the session\'s epochs, as the primary reports them); for CRIU, the `frozen_time` CRIU records in the dump\'s `stats-dump` (every thread stopped until they run again), p50 / p99 / max over the dumps that overlapped the phase. Agent / standby CPU: CPU seconds the \`replicate\` primary process and the standby process used per second of the load phase (all their threads), medians over rounds; the load generator and the target share the same two cores. Re-bases: new CRIU base images ours took during the session (the target\'s descriptors changed, e.g. clients connected), each one a full `criu dump` with its own freeze. Both are medians over the rounds.',
     '',
     plot('pause', barsWithRange({
       title: 'Pause per checkpoint: ours (pause per epoch) and CRIU (frozen time per dump)', subtitle: 'bar = p99, rule = p50 to max; medians over rounds; log scale',

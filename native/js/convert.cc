@@ -40,6 +40,7 @@ const char* RestartName(SyscallRestart r) {
 struct Lent {
   std::unique_ptr<PageBuffer> buf;
   std::weak_ptr<BufferPool> pool;
+  size_t bytes = 0;  // the JS buffer's length (see UncountExternal)
 };
 std::mutex g_lent_mu;
 std::unordered_map<const uint8_t*, Lent*> g_lent;
@@ -145,19 +146,21 @@ Napi::Value EpochToJs(Napi::Env env, EpochData& d, const std::shared_ptr<BufferP
 
   if (d.pages && d.page_bytes > 0) {
     uint8_t* data = d.pages->data();
-    auto* lent = new Lent{std::move(d.pages), pool};
+    auto* lent = new Lent{std::move(d.pages), pool, d.page_bytes};
     {
       std::lock_guard<std::mutex> lock(g_lent_mu);
       g_lent[data] = lent;
     }
-    o.Set("pages", Napi::Buffer<uint8_t>::New(env, data, d.page_bytes, [](Napi::Env, uint8_t* p, Lent* l) {
+    o.Set("pages", Napi::Buffer<uint8_t>::New(env, data, d.page_bytes, [](Napi::Env fenv, uint8_t* p, Lent* l) {
       {
         std::lock_guard<std::mutex> lock(g_lent_mu);
         g_lent.erase(p);
       }
+      RecountExternal(fenv, l->bytes);
       GiveBack(l);
       delete l;
     }, lent));
+    UncountExternal(env, d.page_bytes);
   } else {
     o.Set("pages", Napi::Buffer<uint8_t>::New(env, 0));
   }

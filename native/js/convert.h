@@ -17,4 +17,17 @@ Napi::Value RangesToJs(Napi::Env env, const std::vector<PageRange>& ranges);
 void ReleasePages(Napi::Env env, Napi::Value buffer);
 BackendKind ParseBackend(const std::string& name);
 
+// V8 counts the bytes of every new ArrayBuffer as external memory and starts a full garbage
+// collection every ~64 MiB of them, even when the memory behind is native and recycled
+// explicitly (page buffers go back to their pool when released or finalized). An epoch hands
+// out megabytes in a few buffers, so the agent spent more CPU collecting than capturing.
+// UncountExternal() cancels the count when such a buffer is made; RecountExternal(), in its
+// finalizer, gives it back before V8 subtracts it again: the balance stays exact.
+inline void UncountExternal(Napi::Env env, size_t bytes) {
+  if (bytes) Napi::MemoryManagement::AdjustExternalMemory(env, -static_cast<int64_t>(bytes));
+}
+inline void RecountExternal(Napi::Env env, size_t bytes) {
+  if (bytes) Napi::MemoryManagement::AdjustExternalMemory(env, static_cast<int64_t>(bytes));
+}
+
 }  // namespace remus

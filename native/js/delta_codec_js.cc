@@ -13,6 +13,7 @@
 #include "codec/page_delta.h"
 #include "codec/shadow_cache.h"
 #include "memory/buffer_pool.h"
+#include "js/convert.h"
 
 namespace remus {
 namespace {
@@ -32,12 +33,16 @@ struct CacheState {
 
 Napi::Buffer<uint8_t> OwnedToBuffer(Napi::Env env, OwnedBytes&& b) {
   if (b.size == 0) return Napi::Buffer<uint8_t>::New(env, 0);
+  struct Sizes { size_t cap, len; };
   size_t cap;
   uint8_t* p = b.data.Release(&cap);
-  return Napi::Buffer<uint8_t>::New(env, p, b.size, [](Napi::Env, uint8_t* d, size_t* c) {
-    FreeLargeBuffer(d, *c);
-    delete c;
-  }, new size_t(cap));
+  auto out = Napi::Buffer<uint8_t>::New(env, p, b.size, [](Napi::Env fenv, uint8_t* d, Sizes* z) {
+    RecountExternal(fenv, z->len);
+    FreeLargeBuffer(d, z->cap);
+    delete z;
+  }, new Sizes{cap, b.size});
+  UncountExternal(env, b.size);
+  return out;
 }
 
 Napi::Buffer<uint8_t> U64ToBuffer(Napi::Env env, const std::vector<uint64_t>& v) {
@@ -361,6 +366,7 @@ constexpr size_t kPoolFrom = 64 * 1024;
 // Pooled buffers lent to JS, by data pointer, so that releaseDecoded can return one early.
 struct Lent {
   std::unique_ptr<PageBuffer> buf;
+  size_t bytes = 0;  // the JS buffer's length (see UncountExternal)
 };
 std::mutex g_lent_mu;
 std::unordered_map<const uint8_t*, Lent*>& LentMap() {
@@ -386,13 +392,14 @@ struct PagesOut {
     if (size == 0) return Napi::Buffer<uint8_t>::New(env, 0);
     if (pooled) {
       uint8_t* data = pooled->data();
-      auto* lent = new Lent{std::move(pooled)};
+      auto* lent = new Lent{std::move(pooled), size};
       {
         std::lock_guard<std::mutex> lock(g_lent_mu);
         LentMap()[data] = lent;
       }
-      return Napi::Buffer<uint8_t>::New(env, data, size,
-                                        [](Napi::Env, uint8_t* d, Lent* l) {
+      auto out = Napi::Buffer<uint8_t>::New(env, data, size,
+                                        [](Napi::Env fenv, uint8_t* d, Lent* l) {
+                                          RecountExternal(fenv, l->bytes);
                                           {
                                             std::lock_guard<std::mutex> lock(g_lent_mu);
                                             auto it = LentMap().find(d);
@@ -402,6 +409,8 @@ struct PagesOut {
                                           delete l;
                                         },
                                         lent);
+      UncountExternal(env, size);
+      return out;
     }
     return Napi::Buffer<uint8_t>::New(env, heap.release(), size, [](Napi::Env, uint8_t* d) { delete[] d; });
   }

@@ -21,7 +21,7 @@
 import { native, type DeltaEncodeStats, type NativeShadowCache, type ShadowCacheStats } from '../native/binding.js';
 import {
   Lz4PageDecoder, PAGE_SIZE, addrsToBuffer, bufferToAddrs,
-  type DecodedPages, type EncodedPages, type PageDecoder, type PageEncoder, type ReadBase,
+  type DecodedPages, type EncodedPages, type PageDecoder, type PageEncoder, type ReadBase, type ReadBaseInto,
 } from './page-codec.js';
 
 export type { DeltaEncodeStats, ShadowCacheStats } from '../native/binding.js';
@@ -144,10 +144,11 @@ export class DeltaPageDecoder implements PageDecoder {
   /**
    * Decodes one `pages` message. For codec 'delta', `readBase` gives the standby's current
    * version of a page (inside an open batch: the batch's own version first), null when it
-   * has none (then the base is a zero page). Rejects with a PageCodecError and returns
-   * nothing when any part of the message is wrong.
+   * has none (then the base is a zero page); `{ into }` reads it straight into its slot
+   * instead (no buffer and no await per page: what the standby uses). Rejects with a
+   * PageCodecError and returns nothing when any part of the message is wrong.
    */
-  async decode(msg: EncodedPages, readBase?: ReadBase): Promise<DecodedPages> {
+  async decode(msg: EncodedPages, readBase?: ReadBase | { into: ReadBaseInto }): Promise<DecodedPages> {
     if (msg.codec !== 'delta') return this.#fallback.decode(msg);
     if (msg.addrs.length || msg.zeros.length)
       throw new PageCodecError("pages: codec 'delta' carries its addresses inside data; addrs and zeros must be empty");
@@ -167,7 +168,9 @@ export class DeltaPageDecoder implements PageDecoder {
       if (!readBase) throw new PageCodecError(`pages: the batch has ${parsed.delta} delta pages but no readBase was given`);
       const need = bufferToAddrs(parsed.needBase);
       const slots = parsed.needSlot;
-      for (let i = 0; i < need.length; i++) {
+      if (typeof readBase !== 'function') {
+        for (let i = 0; i < need.length; i++) readBase.into(need[i]!, pages, slots.readUInt32LE(i * 4) * PAGE_SIZE);
+      } else for (let i = 0; i < need.length; i++) {
         const at = slots.readUInt32LE(i * 4) * PAGE_SIZE;
         const b = await readBase(need[i]!);
         if (b === null) {

@@ -39,9 +39,15 @@ export interface DecodedPages {
 /** The standby's current version of a page (null: it has none, or it is zero). */
 export type ReadBase = (addr: bigint) => Promise<Buffer | null>;
 
+/**
+ * The same, synchronously, written straight into `out` at byte `at` (zeros when it has none):
+ * the decoder's fast path, one call per page and no buffer of its own.
+ */
+export type ReadBaseInto = (addr: bigint, out: Buffer, at: number) => void;
+
 export interface PageDecoder {
   /** `readBase` is needed for codec 'delta' (the pages the deltas apply to). */
-  decode(msg: EncodedPages, readBase?: ReadBase): Promise<DecodedPages>;
+  decode(msg: EncodedPages, readBase?: ReadBase | { into: ReadBaseInto }): Promise<DecodedPages>;
   /** Optional: the decoded pages' memory may be reused (the caller has stored them). */
   release?(d: DecodedPages): void;
 }

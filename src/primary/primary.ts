@@ -13,7 +13,7 @@ import { hostname, tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { randomUUID } from 'node:crypto';
 import { setTimeout as sleep } from 'node:timers/promises';
-import { DeltaPageEncoder } from '../codec/delta-codec.js';
+import { DeltaPageEncoder, type DeltaEncoderTotals } from '../codec/delta-codec.js';
 import type { PageEncoder } from '../codec/page-codec.js';
 import { locateCriu } from '../criu/locate.js';
 import { ReplicateError } from '../errors.js';
@@ -108,6 +108,8 @@ export interface PrimaryStats {
   queue: ReturnType<EpochQueue['stats']>;
   rttMs: number;
   startedAt: number;
+  /** Pages encoded over the session by kind (delta codec only): `unchanged` is a delta of length 0. */
+  codec?: { pages: number; zero: number; full: number; delta: number; unchanged: number };
 }
 
 interface InFlight {
@@ -245,6 +247,7 @@ export class Primary extends EventEmitter {
       compressionRatio: this.#wire > 0 ? this.#raw / this.#wire : 0,
       sentBytes: this.#wire, syncs: this.#syncs, rebases: this.#rebases, base: this.#base?.id ?? '', reconnects: this.#reconnects, queue: this.#queue.stats(),
       rttMs: this.#link?.rttMs ?? 0, startedAt: this.#startedAt,
+      ...(this.#encoder instanceof DeltaPageEncoder ? { codec: pickCodecTotals(this.#encoder.stats().totals) } : {}),
     };
   }
 
@@ -651,4 +654,8 @@ function validate(o: PrimaryOptions): void {
 /** Starts protecting `options.pid`; see Primary. */
 export function replicate(options: PrimaryOptions): Promise<Primary> {
   return Primary.start(options);
+}
+
+function pickCodecTotals(t: DeltaEncoderTotals): NonNullable<PrimaryStats['codec']> {
+  return { pages: t.pages, zero: t.zero, full: t.full, delta: t.delta, unchanged: t.unchanged };
 }

@@ -473,24 +473,40 @@ export class EpochStore {
    * a page server answering the kernel's page faults. null: zero page; undefined: no such page.
    */
   readPageSync(addr: bigint): Buffer | null | undefined {
+    const out = Buffer.allocUnsafe(PAGE_SIZE);
+    const r = this.readPageInto(addr, out, 0);
+    return r === true ? out : r;
+  }
+
+  /**
+   * The newest version of page `addr` written into `out` at byte `at`: true; a zero page
+   * (null) or one the store does not have (undefined) leaves zeros there. No allocation: the
+   * decoder reads each delta's base straight into its slot with this.
+   */
+  readPageInto(addr: bigint, out: Buffer, at: number): true | null | undefined {
     this.assertOpen();
     const pn = pageNumberOf(addr);
     const b = this.batch;
     if (b) {
       const r = b.lookup(pn);
-      if (r !== undefined) return r === ZERO ? null : b.readSlot(r);
+      if (r !== undefined) {
+        if (r === ZERO) { out.fill(0, at, at + PAGE_SIZE); return null; }
+        b.readSlotInto(r, out, at);
+        return true;
+      }
     }
     const g = this.index.get(pn);
-    if (g === undefined) return undefined;
-    if (g === ZERO) return null;
+    if (g === undefined || g === ZERO) {
+      out.fill(0, at, at + PAGE_SIZE);
+      return g === ZERO ? null : undefined;
+    }
     const seg = findSegment(this.segments, g);
-    const out = Buffer.allocUnsafe(PAGE_SIZE);
     try {
-      readExactlySync(seg.fh.fd, out, 0, PAGE_SIZE, slotOffset(g - seg.base));
+      readExactlySync(seg.fh.fd, out, at, PAGE_SIZE, slotOffset(g - seg.base));
     } catch (e) {
       throw ioError(e, `reading page 0x${addr.toString(16)}`, seg.path);
     }
-    return out;
+    return true;
   }
 
   /** Rewrites the live pages into one segment (see the header); resolves when done or when there was nothing to do. */
@@ -1064,8 +1080,8 @@ export class EpochBatch {
   }
 
   /** @internal */
-  readSlot(slot: number): Buffer {
-    return this.writer.readSlot(slot);
+  readSlotInto(slot: number, out: Buffer, at: number): void {
+    this.writer.readSlotInto(slot, out, at);
   }
 
   /** @internal for store.close(): aborts an open batch, waits for a commit in progress. */

@@ -112,6 +112,8 @@ export class Standby extends EventEmitter {
   readonly #log: Logger;
   readonly metrics: ReplicationMetrics;
   readonly #decoder: PageDecoder;
+  /** Deltas apply to the newest version of a page: the open batch's, else the committed one. */
+  readonly #readBase = { into: (addr: bigint, out: Buffer, at: number): void => { this.#store.readPageInto(addr, out, at); } };
   #store!: EpochStore;
   #server!: ListeningServer;
   #session: Session | undefined;
@@ -490,8 +492,7 @@ export class Standby extends EventEmitter {
   }
 
   async addPages(batch: EpochBatch, m: PagesMsg): Promise<number> {
-    // Deltas apply to the newest version of a page: the open batch's, else the committed one.
-    const d = await this.#decoder.decode(m, (addr) => this.#store.readPage(addr));
+    const d = await this.#decoder.decode(m, this.#readBase);
     if (d.addrs.length) await batch.addPages(d.addrs, d.pages);
     if (d.zeros.length) await batch.addZeroPages(d.zeros);
     this.#decoder.release?.(d);

@@ -74,6 +74,43 @@ export function encodeFrame(msg: Message, seq: number, maxFrameBytes = DEFAULT_M
   return frame;
 }
 
+/** Page data of at least this many bytes leaves without being copied into the frame. */
+const ZERO_COPY_BYTES = 64 * 1024;
+const EMPTY = Buffer.alloc(0);
+
+/**
+ * The same bytes as encodeFrame, as a list of buffers to write in order: a `pages` message
+ * with a large `data` comes out as [everything before data, data itself]. Packing megabytes
+ * of pages into a msgpack buffer cost a copy per epoch and, worse, a new ArrayBuffer whose
+ * size V8 counts as external memory: every ~64 MiB of those forced a full garbage
+ * collection on the primary. The caller must not change `data` until the socket took it.
+ */
+export function encodeFrameParts(msg: Message, seq: number, maxFrameBytes = DEFAULT_MAX_FRAME_BYTES): Buffer[] {
+  if (msg.t !== 'pages' || msg.data.length < ZERO_COPY_BYTES) return [encodeFrame(msg, seq, maxFrameBytes)];
+  if (!Number.isSafeInteger(seq) || seq < 1) throw new ReplicateError('INVALID_ARGUMENT', `seq must be a positive integer, got ${String(seq)}`);
+  validateMessage(msg);
+  const { data } = msg;
+  // `data` last, and empty: its msgpack form is then the two final bytes (bin8, length 0),
+  // which a bin32 header for the real data replaces.
+  const head = packr.pack(
+    [PROTOCOL_VERSION, seq, { t: msg.t, epoch: msg.epoch, codec: msg.codec, addrs: msg.addrs, zeros: msg.zeros, rawBytes: msg.rawBytes, data: EMPTY }],
+    RESERVE_START_SPACE | FRAME_HEADER_BYTES,
+  );
+  const keep = head.length - 2;
+  if (head[keep] !== 0xc4 || head[keep + 1] !== 0) throw new Error('encodeFrameParts: msgpack did not end the message with an empty bin');
+  const first = Buffer.allocUnsafe(keep + 5);
+  head.copy(first, 0, 0, keep);
+  first[keep] = 0xc6;
+  first.writeUInt32BE(data.length, keep + 1);
+  const bodyLength = first.length - FRAME_HEADER_BYTES + data.length;
+  if (bodyLength > maxFrameBytes) {
+    throw new FrameError('too-large', `a '${msg.t}' frame of ${bodyLength} bytes is above the limit of ${maxFrameBytes} bytes`);
+  }
+  first.writeUInt32BE(bodyLength, 0);
+  first.writeUInt32BE(crc32(data, crc32(first.subarray(FRAME_HEADER_BYTES))), 4);
+  return [first, data];
+}
+
 export interface FrameDecoderOptions {
   /** Largest body accepted; a longer frame is refused before it is buffered. Default 64 MiB. */
   maxFrameBytes?: number;

@@ -17,7 +17,7 @@ import type { Socket } from 'node:net';
 import { ReplicateError } from '../errors.js';
 import type { HeartbeatMsg, Message, ByeMsg } from '../protocol/messages.js';
 import { FrameError, TransportError } from './errors.js';
-import { checkMaxFrameBytes, encodeFrame, FrameDecoder } from './frame-codec.js';
+import { checkMaxFrameBytes, encodeFrameParts, FrameDecoder } from './frame-codec.js';
 import { MESSAGE_LIMITS } from './message-schema.js';
 import { describeRemote } from './security.js';
 
@@ -156,7 +156,8 @@ export class Link extends EventEmitter<LinkEvents> {
    * Sends a message. Resolves once the frame is handed to the socket with room to spare, or
    * after the socket drained: a sender that awaits each send keeps at most one frame (plus
    * the socket buffers) in memory. Rejects with FrameError if the message is invalid or too
-   * large (nothing is sent), TransportError CLOSED if the link is closed.
+   * large (nothing is sent), TransportError CLOSED if the link is closed. The `data` of a
+   * large `pages` message is written as it is, not copied: leave it unchanged afterwards.
    */
   send(msg: Message): Promise<void> {
     if (this.closeInfo) return Promise.reject(this.closedError());
@@ -214,9 +215,11 @@ export class Link extends EventEmitter<LinkEvents> {
 
   /** Encodes and writes one frame; returns false if the socket wants us to wait for drain. */
   private writeFrame(msg: Message): boolean {
-    const frame = encodeFrame(msg, this.sentFrames + 1, this.options.maxFrameBytes);
+    const parts = encodeFrameParts(msg, this.sentFrames + 1, this.options.maxFrameBytes);
     this.sentFrames++; // only once encoded: a refused message must not leave a gap
-    return this.socket.write(frame);
+    let room = true;
+    for (const p of parts) room = this.socket.write(p);
+    return room;
   }
 
   private whenDrained(): Promise<void> {

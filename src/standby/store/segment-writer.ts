@@ -150,22 +150,21 @@ export class SegmentWriter {
     return this.waitFor(ready);
   }
 
-  /** A copy of slot `slot`'s page, from memory or the file. */
-  readSlot(slot: number): Buffer {
-    const out = Buffer.allocUnsafe(PAGE_SIZE);
+  /** Slot `slot`'s page copied into `out` at byte `at`, from memory or the file. */
+  readSlotInto(slot: number, out: Buffer, at: number): void {
     if (slot < this.writtenSlots) {
       try {
-        readExactlySync(this.fh!.fd, out, 0, PAGE_SIZE, slotOffset(slot));
+        readExactlySync(this.fh!.fd, out, at, PAGE_SIZE, slotOffset(slot));
       } catch (e) {
         throw ioError(e, `reading a page of ${this.o.describe}`, this.o.path);
       }
-      return out;
+      return;
     }
-    const chunks = this.staging ? [...this.queue, this.staging] : this.queue;
-    for (const c of chunks) {
-      if (slot >= c.firstSlot && slot < c.firstSlot + c.count) {
-        c.buf.copy(out, 0, (slot - c.firstSlot) * PAGE_SIZE, (slot - c.firstSlot + 1) * PAGE_SIZE);
-        return out;
+    for (let i = 0; i <= this.queue.length; i++) {
+      const c = i < this.queue.length ? this.queue[i]! : this.staging;
+      if (c && slot >= c.firstSlot && slot < c.firstSlot + c.count) {
+        c.buf.copy(out, at, (slot - c.firstSlot) * PAGE_SIZE, (slot - c.firstSlot + 1) * PAGE_SIZE);
+        return;
       }
     }
     throw new StoreError('STATE', `slot ${slot} of ${this.o.describe} is neither written nor queued`);
