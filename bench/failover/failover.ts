@@ -5,7 +5,7 @@ import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
-import type { PromotionResult } from '../../src/failover/promoter.js';
+import type { PromotionResult, PromotionTimings } from '../../src/failover/promoter.js';
 import { native } from '../../src/native/binding.js';
 import { Standby } from '../../src/standby/standby.js';
 import { readSecretFile, writeSecretFile } from '../../src/transport/security.js';
@@ -22,6 +22,10 @@ export interface FailoverSample {
   epoch: number; counterAtRestore: string;
   /** What the standby's detector had learnt of the heartbeat gaps when the kill came (ms). */
   gapMeanMs?: number; gapStdMs?: number; expectedDetectionMs?: number;
+  /** Where the time went, by the clock of the process running the standby: the kill to its 'suspect' event, that to 'promoted', that to the first answer. */
+  killToSuspectMs?: number; suspectToPromotedMs?: number; promotedToServingMs?: number;
+  /** Every timing the promotion reported. */
+  timings?: PromotionTimings;
 }
 
 async function killRestored(pid: number): Promise<void> {
@@ -56,7 +60,10 @@ async function once(sizeMiB: number, work: string, log: (s: string) => void): Pr
         throw new Error(`the standby committed ${sb.stats().committedEpoch - first} epochs after the sync (5 wanted)${pr.child.exitCode !== null || pr.child.signalCode !== null ? `; the primary exited (${pr.child.exitCode ?? pr.child.signalCode}): ${pr.stderr.slice(-1500)}` : ' in 180 s'}`);
       await sleep(10);
     }
-    const promotedP = new Promise<PromotionResult>((resolve) => sb.once('promoted', resolve));
+    let tSuspect = Number.NaN;
+    let tPromoted = Number.NaN;
+    sb.once('suspect', () => { tSuspect = performance.now(); });
+    const promotedP = new Promise<PromotionResult>((resolve) => sb.once('promoted', (r: PromotionResult) => { tPromoted = performance.now(); resolve(r); }));
     const learnt = sb.stats();
     const tKill = performance.now();
     pr.child.kill('SIGKILL');
@@ -73,7 +80,8 @@ async function once(sizeMiB: number, work: string, log: (s: string) => void): Pr
     const t = r.timings;
     log(`  ${sizeMiB} MiB: kill -> serving ${Math.round(killToServingMs)} ms (detection ${Math.round(t.detectionMs)}, image ${Math.round(t.buildMs)}, restore ${Math.round(t.restoreMs)}, health ${Math.round(t.healthMs)}, drain ${Math.round(t.drainMs ?? 0)}, prepare ${Math.round(t.prepareMs)}, pid wait ${Math.round(t.pidWaitMs)}; heartbeat gaps learnt: mean ${learnt.heartbeatGapMs.mean.toFixed(1)} std ${learnt.heartbeatGapMs.std.toFixed(1)} ms, implied detection ${Math.round(learnt.expectedDetectionMs)} ms)`);
     return { sizeMiB, killToServingMs, detectionMs: t.detectionMs, buildMs: t.buildMs, restoreMs: t.restoreMs, healthMs: t.healthMs, drainMs: t.drainMs ?? 0, pidWaitMs: t.pidWaitMs, epoch: r.epoch, counterAtRestore: String(field(reply, 'counter')),
-      gapMeanMs: learnt.heartbeatGapMs.mean, gapStdMs: learnt.heartbeatGapMs.std, expectedDetectionMs: learnt.expectedDetectionMs };
+      gapMeanMs: learnt.heartbeatGapMs.mean, gapStdMs: learnt.heartbeatGapMs.std, expectedDetectionMs: learnt.expectedDetectionMs,
+      killToSuspectMs: tSuspect - tKill, suspectToPromotedMs: tPromoted - tSuspect, promotedToServingMs: tKill + killToServingMs - tPromoted, timings: { ...t } };
   } finally {
     await pr.stop('SIGKILL');
     await sb.stop();
@@ -86,11 +94,19 @@ async function once(sizeMiB: number, work: string, log: (s: string) => void): Pr
   }
 }
 
+/** Suspicion to promotion done, less every part the promotion named. */
+function unnamed(s: FailoverSample): number {
+  const t = s.timings!;
+  return (s.suspectToPromotedMs ?? Number.NaN) - (t.drainMs ?? 0) - (t.warmWaitMs ?? 0) - t.fenceMs - t.prepareMs - t.daemonMs - t.pidWaitMs - t.buildMs - t.restoreMs - t.healthMs;
+}
+
 export interface FailoverData { runs: number; sizes: number[]; samples: FailoverSample[]; rows: FailoverRow[] }
 export interface FailoverRow {
   sizeMiB: number; runs: number; totalMs: number; totalMin: number; totalMax: number;
   detectionMs: number; buildMs: number; restoreMs: number; healthMs: number;
   drainMs?: number; pidWaitMs?: number; gapStdMs?: number;
+  /** By the clock (see FailoverSample), and the promotion's parts no other column names. */
+  killToSuspectMs?: number; suspectToPromotedMs?: number; promotedToServingMs?: number; prepareMs?: number; warmWaitMs?: number; unnamedMs?: number;
 }
 
 export async function runFailover(opts: RunContext): Promise<ScenarioOutput<FailoverData>> {
@@ -124,11 +140,22 @@ export async function runFailover(opts: RunContext): Promise<ScenarioOutput<Fail
     F.add({ what: 'health check', config, unit: 'ms', values: col('healthMs'), better: 'lower', over: 'runs' });
     F.add({ what: 'standby finishing the batch in hand', config, unit: 'ms', values: col('drainMs'), better: 'lower', over: 'runs' });
     F.add({ what: 'heartbeat gap standard deviation learnt by the detector', config, unit: 'ms', values: col('gapStdMs'), better: 'lower', over: 'runs' });
+    if (ss.every((s) => s.timings)) {
+      F.add({ what: 'kill to the standby suspecting the primary', config, unit: 'ms', values: col('killToSuspectMs'), better: 'lower', over: 'runs' });
+      F.add({ what: 'suspicion to promotion done (health check passed)', config, unit: 'ms', values: col('suspectToPromotedMs'), better: 'lower', over: 'runs' });
+      F.add({ what: 'promotion done to the first answer', config, unit: 'ms', values: col('promotedToServingMs'), better: 'lower', over: 'runs' });
+      F.add({ what: 'promotion time no named part covers', config, unit: 'ms', values: ss.map((s) => unnamed(s)), better: 'lower', over: 'runs' });
+    }
     return {
       sizeMiB: size, runs: ss.length,
       totalMs: med(col('killToServingMs')), totalMin: Math.min(...col('killToServingMs')), totalMax: Math.max(...col('killToServingMs')),
       detectionMs: med(col('detectionMs')), buildMs: med(col('buildMs')), restoreMs: med(col('restoreMs')), healthMs: med(col('healthMs')),
       drainMs: med(col('drainMs')), pidWaitMs: med(col('pidWaitMs')), gapStdMs: med(col('gapStdMs')),
+      ...(ss.every((s) => s.timings) ? {
+        killToSuspectMs: med(col('killToSuspectMs')), suspectToPromotedMs: med(col('suspectToPromotedMs')), promotedToServingMs: med(col('promotedToServingMs')),
+        prepareMs: med(ss.map((s) => s.timings!.prepareMs)), warmWaitMs: med(ss.map((s) => s.timings!.warmWaitMs ?? 0)),
+        unnamedMs: med(ss.map((s) => unnamed(s))),
+      } : {}),
     };
   });
   return { figures: F.list, data: { runs, sizes, samples, rows } };
@@ -168,6 +195,13 @@ export function renderFailover(r: ScenarioResult<FailoverData>, plot: PlotSink):
       },
     }, 'Failover time split into detection, image building, restore and health check'),
     '',
+    ...(rows.every((x) => x.killToSuspectMs !== undefined) ? [
+      'Where the time went, by the clock of the process that runs the standby: from the kill to the standby\'s `suspect` event (detection as the kill sees it: the detector counts from the last heartbeat, up to one interval before the kill), from there to its `promoted` event (the health check passed), and from there to the benchmark\'s first answer; then the promotion\'s own parts: preparation (raising the generation, with its fsync), waiting for a lazy restore being prepared ahead, and what no named part covers (bookkeeping, event-loop turns).',
+      '',
+      table(['target', 'kill → suspect ms', 'suspect → promoted ms', 'promoted → first answer ms', 'prepare ms', 'lazy restore ready wait ms', 'unnamed ms'],
+        rows.map((x) => [`${x.sizeMiB} MiB`, fmt(x.killToSuspectMs, 0), fmt(x.suspectToPromotedMs, 0), fmt(x.promotedToServingMs, 0), fmt(x.prepareMs, 0), fmt(x.warmWaitMs, 0), fmt(x.unnamedMs, 0)])),
+      '',
+    ] : []),
     big ? `**Goal: at most 300 ms in total for the 1 GiB target.** Measured: ${fmt(big.totalMs, 0)} ms (${big.totalMs <= 300 ? 'met' : 'not met'}).` : '',
     '',
     '<details><summary>The figures as stored in the JSON</summary>',

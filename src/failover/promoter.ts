@@ -71,6 +71,8 @@ export interface PromotionTimings {
    * with applyReceived, the epochs it had received and not yet applied).
    */
   drainMs?: number;
+  /** Before the promotion proper: waiting for a lazy restore being prepared ahead (the base had just changed). */
+  warmWaitMs?: number;
   buildMs: number;
   restoreMs: number;
   healthMs: number;

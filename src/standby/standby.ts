@@ -364,14 +364,17 @@ export class Standby extends EventEmitter {
       if (!this.#o.applyReceived) session?.abandon();
       await session?.finished;
       const drainMs = performance.now() - td;
+      const tw = performance.now();
       await this.#warming;
+      const warmWaitMs = performance.now() - tw;
       const onLazyFailure = (why: string) => { if (!this.#closed) void this.#afterLazyFailure(why); };
       const onLazyTransfer = (done: Promise<unknown>) => { this.#lazyTransfer = done.catch(() => undefined); };
       const r: PromotionResult = criu
         ? await promote(this.#store, this.dir, { ...this.#o.promotion, criu, logger: this.#log, onLazyFailure, onLazyTransfer, warm: () => this.#warm, ...override }, detectionMs)
         : { ok: false, outcome: 'failed', lazy: false, pid: null, epoch: this.#store.committed?.epoch ?? 0, lineage: '', generation: 0, attempts: 0, errors: ['no CRIU: promotion needs CRIU 4.2+'], timings: { detectionMs, fenceMs: 0, prepareMs: 0, daemonMs: 0, pidWaitMs: 0, buildMs: 0, restoreMs: 0, healthMs: 0, totalMs: detectionMs } };
       r.timings.drainMs = drainMs;
-      r.timings.totalMs += drainMs;
+      r.timings.warmWaitMs = warmWaitMs;
+      r.timings.totalMs += drainMs + warmWaitMs;
       this.#promotion = { ...r, at: Date.now(), reason };
       if (r.outcome === 'fenced-out') {
         this.#role = 'standby'; // nothing was done: a later attempt may succeed
