@@ -14,7 +14,7 @@ import { join } from 'node:path';
 import { criuRestore } from '../criu/criu-runner.js';
 import { BaseImageFiles, Magic, readImage } from '../criu/image/index.js';
 import { parseBasePagemap } from '../criu/image/pages.js';
-import { LazyPageServer, lookupPageSource, startLazyPagesDaemon, type LazyPagesDaemon } from '../criu/lazy/index.js';
+import { LazyPageServer, startLazyPagesDaemon, type LazyPagesDaemon } from '../criu/lazy/index.js';
 import type { EpochStore } from '../standby/epoch-store.js';
 
 const PAGE = 4096n;
@@ -36,7 +36,8 @@ class BasePages {
     return new BasePages(fd, pm.runs.map((r) => ({ start: r.vaddr, end: r.vaddr + BigInt(r.pages) * PAGE, offset: r.offset })));
   }
 
-  read(addr: bigint): Buffer | undefined {
+  /** Page `addr` of the base into `out` at byte `at`: false (out untouched) when the base has none. */
+  readInto(addr: bigint, out: Buffer, at: number): boolean {
     let lo = 0;
     let hi = this.#runs.length - 1;
     while (lo <= hi) {
@@ -45,15 +46,24 @@ class BasePages {
       if (addr < r.start) hi = mid - 1;
       else if (addr >= r.end) lo = mid + 1;
       else {
-        const out = Buffer.allocUnsafe(4096);
-        readSync(this.#fd, out, 0, 4096, r.offset + Number(addr - r.start));
-        return out;
+        readSync(this.#fd, out, at, 4096, r.offset + Number(addr - r.start));
+        return true;
       }
     }
-    return undefined;
+    return false;
   }
 
   close(): void { closeSync(this.#fd); }
+}
+
+/** Pages from `addr` on: the store's version, else the base's (zeros where neither has one). */
+function fillPages(store: EpochStore, base: BasePages, out: Buffer, addr: bigint, nrPages: number): void {
+  for (let i = 0; i < nrPages; i++) {
+    const a = addr + BigInt(i) * PAGE;
+    const at = i * 4096;
+    // readPageInto leaves zeros where the store has a zero page or none.
+    if (store.readPageInto(a, out, at) === undefined) base.readInto(a, out, at);
+  }
 }
 
 export interface LazyRestore {
@@ -107,10 +117,15 @@ export class LazyRestorer {
     const base = await BasePages.open(o.baseDir, o.pid);
     const server = await LazyPageServer.listen({
       // Newest content first: the store's page (null: it is zero), else the base's, else zeros.
-      source: lookupPageSource((addr) => {
-        const p = o.store.readPageSync(addr);
-        return p === undefined ? base.read(addr) ?? null : p;
-      }),
+      // Straight into the server's reused buffers: no buffer of its own per page.
+      source: {
+        read: (addr, nrPages) => {
+          const out = Buffer.allocUnsafe(nrPages * 4096);
+          fillPages(o.store, base, out, addr, nrPages);
+          return out;
+        },
+        readInto: (dst, addr, nrPages) => { fillPages(o.store, base, dst, addr, nrPages); },
+      },
     });
     const t0 = performance.now();
     let daemon: LazyPagesDaemon;

@@ -152,6 +152,8 @@ function takenPids(state: EpochState): number[] {
 export async function promote(store: EpochStore, dir: string, o: PromotionOptions, detectionMs = 0): Promise<PromotionResult> {
   const log = (o.logger ?? silentLogger).child({ phase: 'promotion' });
   const t0 = performance.now();
+  // Debug marks: where a promotion's time goes, including what no timing names.
+  const mark = (step: string): void => { log.debug({ atMs: Math.round((performance.now() - t0) * 10) / 10 }, step); };
   const c = store.committed;
   const errors: string[] = [];
   const timings: PromotionTimings = { detectionMs, fenceMs: 0, prepareMs: 0, daemonMs: 0, pidWaitMs: 0, buildMs: 0, restoreMs: 0, healthMs: 0, totalMs: 0 };
@@ -192,6 +194,7 @@ export async function promote(store: EpochStore, dir: string, o: PromotionOption
   try { native().setChildSubreaper(); } catch (e) { log.warn({ err: (e as Error).message }, 'cannot become a subreaper: the restored process will be re-parented to init'); }
 
   timings.prepareMs = performance.now() - tPrep;
+  mark('prepared');
   const attempts = o.attempts ?? 3;
   let lazyFailed = false;
   for (let attempt = 1; attempt <= attempts; attempt++) {
@@ -206,6 +209,7 @@ export async function promote(store: EpochStore, dir: string, o: PromotionOption
       timings.pidWaitMs += performance.now() - tw;
       const taken = takenPids(c.state);
       if (taken.length) throw new RestoreError(`PIDs ${taken.join(', ')} of the process are still in use on this host`, true);
+      mark('pids free');
       const tb = performance.now();
       // Lazy: anonymous memory is listed, not written (the page server reads the store at
       // restore); after a lazy failure, later attempts restore eagerly. A restorer prepared
@@ -228,6 +232,7 @@ export async function promote(store: EpochStore, dir: string, o: PromotionOption
         ...(runs ? { lazy: { runs, lookup: (a: bigint) => store.readPageSync(a) } } : { pages: store.pages() }),
       });
       timings.buildMs = performance.now() - tb;
+      mark('image built');
       for (const n of built.notes) log.info({ note: n }, 'image');
       log.debug({ timings: built.timings, pages: built.pages }, 'image built');
       // Written while the image was built; what is left of its fsync counts as preparation
@@ -235,6 +240,7 @@ export async function promote(store: EpochStore, dir: string, o: PromotionOption
       const tg = performance.now();
       await generationSet;
       timings.prepareMs += performance.now() - tg;
+      mark('generation durable');
       if (lazyUsed) {
         let lr: LazyRestore;
         try {
@@ -248,6 +254,7 @@ export async function promote(store: EpochStore, dir: string, o: PromotionOption
             restorer = fresh;
             timings.daemonMs = performance.now() - td;
           }
+          mark('restoring');
           lr = await restorer.restore({
             shellJob: meta?.shellJob, tcpClose: o.tcpClose, leaveStopped: true,
             onFailure: (why: string) => { log.error({ why }, 'LAZY PAGE TRANSFER FAILED: the restored process was killed'); o.onLazyFailure?.(why); },
@@ -271,6 +278,7 @@ export async function promote(store: EpochStore, dir: string, o: PromotionOption
       }
       // Restored stopped: put closed sockets where connections made after the base were,
       // then let it run.
+      mark('restored');
       const tr = performance.now();
       await placeMissingDescriptors(pid, c.state, log);
       timings.restoreMs += performance.now() - tr;
@@ -281,8 +289,10 @@ export async function promote(store: EpochStore, dir: string, o: PromotionOption
         });
         log.info({ check: describeHealthCheck(o.health), ms: Math.round(timings.healthMs) }, 'health check passed');
       }
+      mark('healthy');
       if (!lazyDone) await rm(imageDir, { recursive: true, force: true }).catch(() => undefined);
       await pruneOldImages(root, imageDir);
+      mark('done');
       const done = result({ ok: true, outcome: 'restored', pid, epoch: c.epoch, lineage: c.lineage, generation, attempts: attempt });
       if (o.onPromote) void runHook(o.onPromote, { ...hookEnv, role: 'primary', pid, generation });
       if (o.onRoleChange) void runHook(o.onRoleChange, { ...hookEnv, role: 'primary', pid, generation });

@@ -553,9 +553,12 @@ class Session {
   #queuedBytes = 0;
   #paused = false;
   #abandoned = false;
+  /** What the run is doing (for the log when a promotion abandons it). */
+  #inHand = 'waiting';
 
   /** Drops what is queued and not yet started: the run ends after the message in hand. */
   abandon(): void {
+    this.standby.log.debug({ inHand: this.#inHand, queued: this.#queue.length }, 'session abandoned');
     this.#abandoned = true;
     this.#queue.length = 0;
     this.#queuedBytes = 0;
@@ -631,8 +634,10 @@ class Session {
     const bases = new Map<string, BaseImageWriter>();
     try {
       for (;;) {
+        this.#inHand = 'waiting';
         const m = await this.#next();
         if (!m) return;
+        this.#inHand = m.t === 'end' ? `commit of epoch ${m.epoch}` : m.t === 'pages' ? `pages (${m.data.length} bytes)` : m.t;
         switch (m.t) {
           case 'begin':
             if (batch) this.#fail('protocol error: begin inside an open batch');
