@@ -34,6 +34,7 @@
         "native/memory/ranges.cc",
         "native/process/children.cc",
         "native/process/placeholders.cc",
+        "native/process/spawn.cc",
         "native/tracker/tracker.cc"
       ],
       "include_dirs": ["<!(node -p \"require('node-addon-api').include_dir\")", "native"],

@@ -11,6 +11,7 @@
 //   codecBench         benchmark only: XBZRLE and plain LZ4 for comparison (js/codec_bench_js.h)
 //   setChildSubreaper  adopt orphans (restored processes) below this process
 //   reapChild(pid)     non-blocking reap of one such process
+//   runProgram(...)    posix_spawn + wait off the event loop (no fork of a large parent)
 //   placeholderSockets closed sockets at descriptor numbers a restore could not bring back
 //   benchFloor(...)    benchmark only: the physical floor of an epoch (see below)
 #include <napi.h>
@@ -32,6 +33,7 @@
 #include "js/tracker_wrap.h"
 #include "process/children.h"
 #include "process/placeholders.h"
+#include "process/spawn.h"
 
 namespace remus {
 namespace {
@@ -86,6 +88,57 @@ Napi::Value ReapChildJs(const Napi::CallbackInfo& info) {
   o.Set("signal", Napi::Number::New(env, s.signal));
   o.Set("notChild", Napi::Boolean::New(env, s.not_child));
   return o;
+}
+
+// runProgram(path, args, { stdoutFile?, stderrFile?, timeoutMs? }): Promise<{ code, signal,
+// timedOut, ms }>. posix_spawn and the wait on a worker thread (see process/spawn.h).
+class RunProgramWorker : public Napi::AsyncWorker {
+ public:
+  RunProgramWorker(Napi::Env env, SpawnRequest req)
+      : Napi::AsyncWorker(env, "remus-run-program"), deferred_(Napi::Promise::Deferred::New(env)), req_(std::move(req)) {}
+  Napi::Promise Promise() { return deferred_.Promise(); }
+  void Execute() override {
+    try {
+      result_ = RunProgram(req_);
+    } catch (const std::exception& e) {
+      SetError(e.what());
+    }
+  }
+  void OnOK() override {
+    Napi::Env env = Env();
+    Napi::Object o = Napi::Object::New(env);
+    o.Set("code", Napi::Number::New(env, result_.code));
+    o.Set("signal", Napi::Number::New(env, result_.signal));
+    o.Set("timedOut", Napi::Boolean::New(env, result_.timed_out));
+    o.Set("ms", Napi::Number::New(env, result_.ms));
+    deferred_.Resolve(o);
+  }
+  void OnError(const Napi::Error& e) override { deferred_.Reject(e.Value()); }
+
+ private:
+  Napi::Promise::Deferred deferred_;
+  SpawnRequest req_;
+  SpawnResult result_;
+};
+
+Napi::Value RunProgramJs(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  if (info.Length() < 2 || !info[0].IsString() || !info[1].IsArray())
+    throw Napi::TypeError::New(env, "runProgram(path: string, args: string[], options?: { stdoutFile?, stderrFile?, timeoutMs? })");
+  SpawnRequest req;
+  req.path = info[0].As<Napi::String>().Utf8Value();
+  Napi::Array a = info[1].As<Napi::Array>();
+  for (uint32_t i = 0; i < a.Length(); ++i) req.args.push_back(a.Get(i).ToString().Utf8Value());
+  if (info.Length() > 2 && info[2].IsObject()) {
+    Napi::Object o = info[2].As<Napi::Object>();
+    if (o.Has("stdoutFile") && o.Get("stdoutFile").IsString()) req.stdout_file = o.Get("stdoutFile").As<Napi::String>().Utf8Value();
+    if (o.Has("stderrFile") && o.Get("stderrFile").IsString()) req.stderr_file = o.Get("stderrFile").As<Napi::String>().Utf8Value();
+    if (o.Has("timeoutMs") && o.Get("timeoutMs").IsNumber()) req.timeout_ms = o.Get("timeoutMs").As<Napi::Number>().Int32Value();
+  }
+  auto* w = new RunProgramWorker(env, std::move(req));
+  Napi::Promise p = w->Promise();
+  w->Queue();
+  return p;
 }
 
 // placeholderSockets(pid, fds): Promise<number>. Injected syscalls in a stopped process,
@@ -195,6 +248,7 @@ Napi::Object InitModule(Napi::Env env, Napi::Object exports) {
   exports.Set("decompressBlock", Napi::Function::New<DecompressBlockJs>(env, "decompressBlock"));
   exports.Set("setChildSubreaper", Napi::Function::New<SetChildSubreaperJs>(env, "setChildSubreaper"));
   exports.Set("reapChild", Napi::Function::New<ReapChildJs>(env, "reapChild"));
+  exports.Set("runProgram", Napi::Function::New<RunProgramJs>(env, "runProgram"));
   exports.Set("placeholderSockets", Napi::Function::New<PlaceholderSocketsJs>(env, "placeholderSockets"));
   exports.Set("benchFloor", Napi::Function::New<BenchFloor>(env, "benchFloor"));
   InitDeltaCodec(env, exports);

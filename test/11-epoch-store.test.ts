@@ -246,6 +246,34 @@ describe('epoch store: contents', () => {
     expect(await collect(store)).toEqual(expectedAt(2));
   });
 
+  it('a commit cancelled before its manifest switch leaves the previous epoch, its pages unseen and no file', async () => {
+    const dir = await tempDir();
+    const store = await openStore(dir, { fsync: true });
+    await commitWork(store, 1);
+    const before = await collect(store);
+    const b = store.begin({ lineage: LINEAGE, generation: 1, epoch: 2, base: 1, full: false });
+    await b.addPages(addrsOf([3, 4]), pagesOf(2, [3, 4]));
+    expect(b.cancelCommit()).toBe(false); // not committing yet
+    const committing = b.commit(makeState(2, [vma(0, 192)]), {});
+    expect(b.cancelCommit()).toBe(true);
+    // At once, while the fsync may still run: the batch's pages are not visible any more.
+    expect(epochOfPage((await store.readPage(addrOf(3)))!, 3)).toBe(before.get(3));
+    expect((await rejection(committing)).message).toMatch(/cancelled/);
+    expect(store.committed!.epoch).toBe(1);
+    expect(await collect(store)).toEqual(before);
+    expect(await leftovers(dir)).toEqual([]);
+    // A commit that went through cannot be cancelled.
+    const b2 = store.begin({ lineage: LINEAGE, generation: 1, epoch: 2, base: 1, full: false });
+    await b2.addPages(addrsOf([3]), pageOf(2, 3));
+    await b2.commit(makeState(2, [vma(0, 192)]), {});
+    expect(b2.cancelCommit()).toBe(false);
+    expect(store.committed!.epoch).toBe(2);
+    await closeStore(store);
+    const again = await openStore(dir);
+    expect(again.committed!.epoch).toBe(2);
+    expect(epochOfPage((await again.readPage(addrOf(3)))!, 3)).toBe(2);
+  });
+
   it('large batches: multi-chunk staging, 8 MiB+ inputs written in place, reads during the batch', async () => {
     const dir = await tempDir();
     const store = await openStore(dir, { fsync: false });

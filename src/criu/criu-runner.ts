@@ -6,6 +6,7 @@ import { readdirSync, readFileSync } from 'node:fs';
 import { readFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { ReplicateError } from '../errors.js';
+import { native } from '../native/binding.js';
 
 export interface CriuResult { ms: number; log: string; shellJob?: boolean }
 
@@ -102,9 +103,21 @@ export async function criuRestore(o: RestoreOptions): Promise<CriuResult & { pid
   if (o.lazyPages) args.push('--lazy-pages');
   if (o.leaveStopped) args.push('--leave-stopped');
   args.push(...(o.extraArgs ?? []));
+  // Spawned without fork(): a standby holding a large store would pay ~50 ms per GB of its
+  // own memory to fork (page tables), on the failover path.
   const t0 = performance.now();
-  const r = await run(o.criu, args, o.timeoutMs ?? 60_000);
+  const stderrFile = join(o.dir, 'restore.stderr');
+  const timeoutMs = o.timeoutMs ?? 60_000;
+  const x = await native().runProgram(o.criu, args, { stderrFile, timeoutMs });
   const ms = performance.now() - t0;
+  const r = {
+    code: x.timedOut ? -1 : x.signal ? -1 : x.code,
+    get stderr(): string {
+      let e = '';
+      try { e = readFileSync(stderrFile, 'utf8'); } catch { /* none */ }
+      return `${e}${x.timedOut ? `\n(criu killed after ${timeoutMs} ms)` : x.signal ? `\n(criu killed by signal ${x.signal})` : ''}`;
+    },
+  };
   if (r.code !== 0) {
     const log = await readFile(join(o.dir, 'restore.log'), 'utf8').catch(() => r.stderr);
     // A restore that failed or was cut off by the timeout can leave its forks behind,
@@ -114,7 +127,10 @@ export async function criuRestore(o: RestoreOptions): Promise<CriuResult & { pid
     const pidTaken = /File exists|EEXIST|pid.*(taken|busy)|Can't fork for \d+/i.test(log);
     throw new RestoreError(`criu restore failed (exit ${r.code}): ${why.join(' | ') || r.stderr.trim() || 'see ' + join(o.dir, 'restore.log')}`, pidTaken);
   }
-  const pid = Number((await readFile(pidfile, 'utf8')).trim());
+  // Synchronous: a few bytes on tmpfs, and the thread pool may be busy with the store's I/O.
+  let pidText = '';
+  try { pidText = readFileSync(pidfile, 'utf8'); } catch { /* reported below */ }
+  const pid = Number(pidText.trim());
   if (!Number.isInteger(pid) || pid <= 0) throw new RestoreError(`criu restore wrote no PID to ${pidfile}`, false);
   // The log (megabytes at -v2 for a large process) stays in the image directory: reading it
   // on success cost a failover ~20 ms.

@@ -6,8 +6,8 @@
 //   -> criu restore -d (this process is the subreaper of what it restores)
 //   -> health check; a failed restore or check is retried (3 attempts in all), then
 //      --fallback-cmd cold-starts the service and the failure is reported loudly.
-import { existsSync, readdirSync, readFileSync } from 'node:fs';
-import { mkdir, readdir, readFile, rename, rm } from 'node:fs/promises';
+import { existsSync, mkdirSync, readdirSync, readFileSync } from 'node:fs';
+import { readdir, rename, rm } from 'node:fs/promises';
 import { join } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { criuRestore, RestoreError } from '../criu/criu-runner.js';
@@ -188,9 +188,12 @@ export async function promote(store: EpochStore, dir: string, o: PromotionOption
 
   const base = c.state.base ? baseDir(dir, c.state.base) : '';
   let meta: BaseMeta | undefined;
-  if (base) meta = JSON.parse(await readFile(join(base, BASE_META), 'utf8').catch(() => '{}')) as BaseMeta;
+  // Synchronous (small files, tmpfs): the thread pool may be busy with the store's I/O.
+  if (base) {
+    try { meta = JSON.parse(readFileSync(join(base, BASE_META), 'utf8')) as BaseMeta; } catch { meta = {} as BaseMeta; }
+  }
   const root = o.restoreRoot ?? defaultRestoreRoot(dir);
-  await mkdir(root, { recursive: true, mode: 0o700 });
+  mkdirSync(root, { recursive: true, mode: 0o700 });
   try { native().setChildSubreaper(); } catch (e) { log.warn({ err: (e as Error).message }, 'cannot become a subreaper: the restored process will be re-parented to init'); }
 
   timings.prepareMs = performance.now() - tPrep;
@@ -290,8 +293,12 @@ export async function promote(store: EpochStore, dir: string, o: PromotionOption
         log.info({ check: describeHealthCheck(o.health), ms: Math.round(timings.healthMs) }, 'health check passed');
       }
       mark('healthy');
-      if (!lazyDone) await rm(imageDir, { recursive: true, force: true }).catch(() => undefined);
-      await pruneOldImages(root, imageDir);
+      // Clean-up need not delay the promotion's result.
+      const keep = imageDir;
+      void (async () => {
+        if (!lazyDone) await rm(keep, { recursive: true, force: true }).catch(() => undefined);
+        await pruneOldImages(root, keep);
+      })();
       mark('done');
       const done = result({ ok: true, outcome: 'restored', pid, epoch: c.epoch, lineage: c.lineage, generation, attempts: attempt });
       if (o.onPromote) void runHook(o.onPromote, { ...hookEnv, role: 'primary', pid, generation });

@@ -196,6 +196,13 @@ export interface NativeAddon {
   setChildSubreaper(): void;
   /** Reaps `pid` if it exited (never blocks): null while it runs. */
   reapChild(pid: number): { code: number; signal: number; notChild: boolean } | null;
+  /**
+   * Runs a program to its end with posix_spawn (no copy of this process's page tables, which
+   * fork() pays in proportion to our memory) and waits off the event loop. stdin is
+   * /dev/null; stdout and stderr go to the files named (default /dev/null). SIGKILL after
+   * timeoutMs (default 60 s).
+   */
+  runProgram(path: string, args: string[], options?: { stdoutFile?: string; stderrFile?: string; timeoutMs?: number }): Promise<{ code: number; signal: number; timedOut: boolean; ms: number }>;
   /** In a stopped process: an unconnected TCP socket at each of `fds` (see native/process/placeholders.h). */
   placeholderSockets(pid: number, fds: number[]): Promise<number>;
   parsePagemap(entries: Buffer, start: bigint): { present: BigUint64Array; softDirty: BigUint64Array };

@@ -984,6 +984,10 @@ export class EpochBatch {
   private readonly writer: SegmentWriter;
   private cleanup: Promise<void> | null = null;
   private commitRun: Promise<unknown> | null = null;
+  /** cancelCommit() was called in time: the manifest switch will not happen. */
+  private cancelRequested = false;
+  /** The manifest switch began: too late to cancel. */
+  private switching = false;
 
   /** @internal */
   constructor(private readonly store: EpochStore, b: { lineage: string; generation: number; epoch: number; base: number; full: boolean }, private readonly seq: number, readonly path: string) {
@@ -1059,6 +1063,19 @@ export class EpochBatch {
     return run;
   }
 
+  /**
+   * Asks a commit in progress to give up before it switches the manifest (a promotion does
+   * not wait for an fsync that may take a hundred milliseconds). True: the committed epoch
+   * stays the previous one whatever happens next, the batch's pages are no longer visible,
+   * and its file goes once the fsync returns. False: not committing, or too late (the switch
+   * began): wait for the commit.
+   */
+  cancelCommit(): boolean {
+    if (this.status !== 'committing' || this.switching) return false;
+    this.cancelRequested = true;
+    return true;
+  }
+
   /** Drops the batch; the committed epoch is untouched. */
   async abort(): Promise<void> {
     if (this.status === 'committing') throw new StoreError('STATE', `the batch of epoch ${this.epoch} is being committed: it cannot be aborted`);
@@ -1075,7 +1092,7 @@ export class EpochBatch {
 
   /** @internal */
   lookup(pageNo: number): number | undefined {
-    if (this.status !== 'open' && this.status !== 'committing') return undefined;
+    if ((this.status !== 'open' && this.status !== 'committing') || this.cancelRequested) return undefined;
     return this.map.get(pageNo);
   }
 
@@ -1135,6 +1152,8 @@ export class EpochBatch {
         epoch: this.epoch, committedAt, dataSlots: this.writer.slots, pageNos, slots, coverage: cov, state: stateBytes,
       };
       const { fh, size } = await this.writer.finish(encodeSegmentTail(meta));
+      if (this.cancelRequested) throw new StoreError('STATE', `the commit of epoch ${this.epoch} was cancelled`);
+      this.switching = true;
       meta.state = EMPTY;
       seg = new Segment(segmentName(this.seq), this.path, fh, meta, size);
       this.store.hook('commit:synced');

@@ -361,8 +361,10 @@ export class Standby extends EventEmitter {
       // complete batch or aborting a partial one, so that the image is built from one
       // committed epoch, not from a store that changes underneath.
       const td = performance.now();
-      if (!this.#o.applyReceived) session?.abandon();
-      await session?.finished;
+      // A commit in hand whose manifest switch has not begun is cancelled (its fsync can take
+      // longer than the rest of the promotion): the epoch restored is then the one before.
+      const cancelled = !this.#o.applyReceived && session ? session.abandon() : false;
+      if (!cancelled) await session?.finished;
       const drainMs = performance.now() - td;
       const tw = performance.now();
       await this.#warming;
@@ -555,14 +557,22 @@ class Session {
   #abandoned = false;
   /** What the run is doing (for the log when a promotion abandons it). */
   #inHand = 'waiting';
+  /** The batch being committed, if any. */
+  #committing: EpochBatch | undefined;
 
-  /** Drops what is queued and not yet started: the run ends after the message in hand. */
-  abandon(): void {
-    this.standby.log.debug({ inHand: this.#inHand, queued: this.#queue.length }, 'session abandoned');
+  /**
+   * Drops what is queued and not yet started: the run ends after the message in hand. A
+   * commit in hand is cancelled when its manifest switch has not begun; then true: the
+   * committed epoch will not change, and the caller need not wait for the run to end.
+   */
+  abandon(): boolean {
     this.#abandoned = true;
     this.#queue.length = 0;
     this.#queuedBytes = 0;
+    const cancelled = this.#committing?.cancelCommit() ?? false;
+    this.standby.log.debug({ inHand: this.#inHand, queued: this.#queue.length, commitCancelled: cancelled }, 'session abandoned');
     this.#wake?.();
+    return cancelled;
   }
 
   /** We stopped reading the link (our backlog is full): the primary's silence then is ours. */
@@ -671,9 +681,13 @@ class Session {
               if (w) await w.finish();
               for (const [id, other] of bases) if (id !== named) await other.abort();
               bases.clear();
+              this.#committing = b;
               await s.commit(b, m, wire);
             } catch (e) {
+              if (this.#abandoned) { this.endReason ||= `promoting: the commit of epoch ${m.epoch} was dropped`; return; }
               this.#fail(`commit of epoch ${m.epoch} failed: ${(e as Error).message}`);
+            } finally {
+              this.#committing = undefined;
             }
             await this.link.send({ t: 'ack', epoch: m.epoch, committedAt: Date.now() }).catch(() => undefined);
             break;

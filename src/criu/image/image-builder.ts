@@ -18,8 +18,8 @@
 // the same threads (by TID) as in the base, and no new shared memory (REBASE_NEEDED).
 // Put outDir on a tmpfs (/dev/shm): restore reads it fastest there.
 import { constants as fsc } from 'node:fs';
-import { writeFileSync } from 'node:fs';
-import { copyFile, link, mkdir, open, readdir, readFile, rm, stat } from 'node:fs/promises';
+import { mkdirSync, readdirSync, writeFileSync } from 'node:fs';
+import { copyFile, link, open, readdir, readFile, rm, stat } from 'node:fs/promises';
 import { join } from 'node:path';
 import type { EpochState } from '../../protocol/messages.js';
 import { patchCoreEntry } from './core.js';
@@ -297,8 +297,9 @@ async function build(o: BuildEpochImageOptions, started: { out: boolean }): Prom
 
   const present = new Set<string>();
   try {
-    await mkdir(outDir, { recursive: true });
-    const existing = await readdir(outDir);
+    // Synchronous: a directory on tmpfs, while the thread pool may be busy with the store's I/O.
+    mkdirSync(outDir, { recursive: true });
+    const existing = readdirSync(outDir);
     if (existing.length > 0 && !o.prepared) throw new ImageBuildError('OUTPUT', `the output directory ${outDir} is not empty (${existing.length} entries)`);
     for (const n of existing) present.add(n);
     started.out = !o.prepared;

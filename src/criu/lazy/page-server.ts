@@ -51,6 +51,9 @@ export interface LazyPageServerStats {
   closedAt: number | undefined;
 }
 
+/** Longest run of answers between two turns of the event loop. */
+const YIELD_AFTER_MS = 2;
+
 export class LazyPageServerError extends Error {
   constructor(message: string) {
     super(message);
@@ -237,7 +240,15 @@ export class LazyPageServer {
       if (running) return;
       running = true;
       try {
+        let slice = performance.now();
         while (queue.length > 0 && !done && !stream.destroyed) {
+          // Answers from memory never wait: without a turn of the event loop now and then,
+          // streaming a large process would hold up everything else in this process (a
+          // promotion's last steps, its health check) until the transfer ends.
+          if (performance.now() - slice > YIELD_AFTER_MS) {
+            await new Promise<void>((r) => setImmediate(r));
+            slice = performance.now();
+          }
           const h = queue.shift()!;
           switch (h.cmd) {
             case PsCmd.GET:
