@@ -553,6 +553,7 @@ class Session {
   #wake: (() => void) | undefined;
   #closed = false;
   #queuedBytes = 0;
+  #queuedRaw = 0;
   #paused = false;
   #abandoned = false;
   /** What the run is doing (for the log when a promotion abandons it). */
@@ -588,7 +589,8 @@ class Session {
         this.#queuedBytes += m.data.length;
         // Decoding and writing are slower than the socket on a fast link: stop reading
         // rather than buffer without bound.
-        if (this.#queuedBytes > 64 * 2 ** 20 && !this.#paused) { this.#paused = true; link.pause(); }
+        this.#queuedRaw += m.rawBytes;
+        if (this.#queuedBytes > 64 * 2 ** 20 && !this.#paused) { this.#paused = true; link.pause(); this.standby.log.debug({ wire: this.#queuedBytes, raw: this.#queuedRaw, n: this.#queue.length }, 'backlog full: reading from the primary paused'); }
       }
       this.#wake?.();
     });
@@ -616,7 +618,8 @@ class Session {
     const m = this.#queue.shift()!;
     if (m.t === 'pages') {
       this.#queuedBytes -= m.data.length;
-      if (this.#paused && this.#queuedBytes < 16 * 2 ** 20) { this.#paused = false; this.link.resume(); }
+      this.#queuedRaw -= m.rawBytes;
+      if (this.#paused && this.#queuedBytes < 16 * 2 ** 20) { this.#paused = false; this.link.resume(); this.standby.log.debug({ wire: this.#queuedBytes, raw: this.#queuedRaw }, 'backlog drained: reading from the primary again'); }
     }
     return m;
   }
