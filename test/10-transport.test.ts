@@ -71,6 +71,8 @@ function everyMessage(): Message[] {
     { t: 'hello', proto: 1, role: 'primary', lineage: 'lin-0f3a', generation: 2, pid: 4242, host: 'primary-1', agent: 'remus-replicate/0.1.0' },
     { t: 'welcome', proto: 1, lineage: null, generation: 0, committedEpoch: 0 },
     { t: 'welcome', proto: 1, lineage: 'lin-0f3a', generation: 2, committedEpoch: 17 },
+    { t: 'welcome', proto: 1, lineage: 'lin-0f3a', generation: 2, committedEpoch: 17, session: '9f2c0d' },
+    { t: 'hello', proto: 1, role: 'primary', lineage: 'lin-0f3a', generation: 2, pid: 4242, host: 'primary-1', agent: 'remus-replicate/0.1.0', channel: 'beats', session: '9f2c0d' },
     { t: 'refuse', code: 'STALE_GENERATION', reason: 'generation 1 is older than 2' },
     { t: 'begin', epoch: 3, base: 0, full: true },
     { t: 'begin', epoch: 9, base: 8, full: false },
@@ -371,6 +373,9 @@ describe('frame codec', () => {
       [{ t: 'hb', sentAt: 1 }, /hb.echo/],
       [{ t: 'hb', sentAt: 1, echo: 0, skipped: -1 }, /hb.skipped/],
       [{ t: 'bye' }, /bye.reason/],
+      [{ t: 'hello', proto: 1, role: 'primary', lineage: 'l', generation: 1, pid: 2, host: 'h', agent: 'a', channel: 'beats' }, /hello.session: is required with channel 'beats'/],
+      [{ t: 'hello', proto: 1, role: 'primary', lineage: 'l', generation: 1, pid: 2, host: 'h', agent: 'a', channel: 'data', session: 's' }, /hello.channel/],
+      [{ t: 'welcome', proto: 1, lineage: null, generation: 0, committedEpoch: 0, session: 7 }, /welcome.session/],
       [null, /message: expected an object/],
       [[1, 2], /message: expected an object/],
     ];

@@ -5,6 +5,7 @@ import { Primary } from '../src/primary/primary.js';
 import { Standby } from '../src/standby/standby.js';
 import { TransportError } from '../src/transport/errors.js';
 import { connect } from '../src/transport/link.js';
+import { PROTOCOL_VERSION, type Message } from '../src/protocol/messages.js';
 import { FaultyProxy } from './helpers/proxy.js';
 import { compareWithTarget, makeKey, tempDir, until } from './helpers/replication.js';
 import { Target, killAll } from './helpers/target.js';
@@ -80,7 +81,7 @@ describe('replication', () => {
     // The next batch is large (every page rewritten); cut 100 KiB into it.
     proxy!.cutAfter(100 * 1024);
     await t.ok('wr 0 4096');
-    await until(() => proxy!.connections >= 2, 10_000, 'the primary to reconnect');
+    await until(() => primary.stats().reconnects >= 1, 10_000, 'the primary to reconnect');
     // The cut batch was never committed: whatever the standby has is a whole epoch.
     const after = standby.stats().committedEpoch;
     expect(after === committed || after > committed).toBe(true);
@@ -144,6 +145,25 @@ describe('replication', () => {
     expect((err as TransportError).code).toBe('AUTH_FAILED');
     expect(err!.message).toMatch(/pre-shared key/);
     await until(() => standby.stats().rejectedConnections >= 1, 5000, 'the standby to log the rejection');
+    const before = primary.committedEpoch;
+    await until(() => primary.committedEpoch > before + 2, 10_000, 'commits to go on');
+  });
+
+  it('heartbeats on a channel of their own; one naming another session is refused and changes nothing', async () => {
+    const { security, standby, primary } = await setup({ pages: 256 });
+    await until(() => primary.committedEpoch >= 2, 15_000, 'two commits');
+    await until(() => standby.stats().heartbeatChannel, 5000, 'the heartbeat channel');
+    const rejectedBefore = standby.stats().rejectedConnections;
+    const link = await connect({ host: '127.0.0.1', port: standby.port, security, timeoutMs: 5000 });
+    const answer = new Promise<Message>((resolve) => link.on('message', (m: Message) => { if (m.t !== 'hb') resolve(m); }));
+    await link.send({ t: 'hello', proto: PROTOCOL_VERSION, role: 'primary', lineage: primary.lineage, generation: primary.generation, pid: primary.pid, host: 'elsewhere', agent: 'test', channel: 'beats', session: 'not-the-session' });
+    const m = await answer;
+    expect(m.t).toBe('refuse');
+    expect(m.t === 'refuse' && m.code).toBe('NO_SESSION');
+    await link.close();
+    await until(() => standby.stats().rejectedConnections > rejectedBefore, 5000, 'the standby to log the refusal');
+    // The primary's own channel and the replication carry on.
+    expect(standby.stats().heartbeatChannel).toBe(true);
     const before = primary.committedEpoch;
     await until(() => primary.committedEpoch > before + 2, 10_000, 'commits to go on');
   });

@@ -28,7 +28,7 @@ interface CommonOptions {
 
 interface PrimaryCliOptions extends CommonOptions {
   pid?: number; to: string; epoch: number; backend: 'auto'; highWater: number;
-  baseImage: boolean; criu?: string; selfFenceAfter?: number;
+  baseImage: boolean; criu?: string; selfFenceAfter?: number; heartbeatChannel: boolean;
 }
 
 function duration(what: string, min: number, max: number) {
@@ -71,6 +71,7 @@ function withPrimaryOptions(cmd: Command): Command {
     .addOption(new Option('--backend <name>', 'dirty-tracking backend').choices(['auto', 'uffd-wp', 'soft-dirty', 'hash']).default('auto'))
     .addOption(new Option('--high-water <size>', 'captured bytes queued before epochs coalesce').argParser(size('--high-water')).default(256 * 2 ** 20, '256MiB'))
     .option('--no-base-image', 'do not take CRIU base images: memory is replicated but the standby cannot restore it')
+    .option('--no-heartbeat-channel', 'send heartbeats on the data connection only (by default a second connection carries them, so that queued data never delays them)')
     .option('--criu <path>', 'CRIU binary (default: REPLICATE_CRIU, the project\'s build, PATH)')
     .addOption(new Option('--self-fence-after <d>', 'stop the target when the standby has been unreachable this long (the standby may have promoted)').argParser(duration('--self-fence-after', 10, 86_400_000)));
 }
@@ -182,7 +183,7 @@ async function protect(pid: number, o: PrimaryCliOptions, extra: { targetExited?
   const out = new Printer(!!o.json);
   const primary = await Primary.start({
     pid, host, port, security: sec, epochMs: o.epoch, backend: o.backend, highWaterBytes: o.highWater, heartbeatMs: o.heartbeat, logger: log, metrics,
-    baseImage: o.baseImage, criu: o.criu, selfFenceAfterMs: o.selfFenceAfter,
+    baseImage: o.baseImage, criu: o.criu, selfFenceAfterMs: o.selfFenceAfter, heartbeatChannel: o.heartbeatChannel,
   });
   const metricsServer = await startMetrics(o.metrics, metrics, log);
   const statusPath = primaryStatusPath(pid);

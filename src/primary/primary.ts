@@ -42,6 +42,12 @@ export interface PrimaryOptions {
   highWaterBytes?: number;
   /** Heartbeat interval on the link. Default 50. */
   heartbeatMs?: number;
+  /**
+   * A second connection for heartbeats only (default true): the standby then detects a dead
+   * primary in the same time whatever data is queued on the first. False: heartbeats travel
+   * with the data.
+   */
+  heartbeatChannel?: boolean;
   /** Reconnection back-off, doubling from min to max with jitter. Default 100 and 5000. */
   reconnectMinMs?: number;
   reconnectMaxMs?: number;
@@ -141,6 +147,8 @@ export class Primary extends EventEmitter {
   #queue: EpochQueue;
   #loop!: EpochLoop;
   #link: Link | undefined;
+  /** The heartbeat channel of the current session (HelloMsg.channel), while connected. */
+  #beats: Link | undefined;
   #state: LinkState = 'connecting';
   #stopping = false;
   #stopped: Promise<void> | undefined;
@@ -172,7 +180,7 @@ export class Primary extends EventEmitter {
     this.#o = {
       pid: options.pid, host: options.host, port: options.port, security: options.security,
       epochMs: options.epochMs ?? 100, backend: options.backend, highWaterBytes: options.highWaterBytes ?? 256 * 2 ** 20,
-      heartbeatMs: options.heartbeatMs ?? 50, reconnectMinMs: options.reconnectMinMs ?? 100, reconnectMaxMs: options.reconnectMaxMs ?? 5000,
+      heartbeatMs: options.heartbeatMs ?? 50, heartbeatChannel: options.heartbeatChannel ?? true, reconnectMinMs: options.reconnectMinMs ?? 100, reconnectMaxMs: options.reconnectMaxMs ?? 5000,
       maxInFlight: options.maxInFlight ?? 2, framePages: options.framePages ?? 256,
       baseImage: options.baseImage ?? true, criu: options.criu, workDir: options.workDir, selfFenceAfterMs: options.selfFenceAfterMs,
     };
@@ -215,7 +223,7 @@ export class Primary extends EventEmitter {
     const timer = setInterval(() => {
       if (this.#stopping) { clearInterval(timer); return; }
       if (!this.#everSynced) return;
-      const heard = Math.max(this.#lastContact, this.#link?.lastHeardAt ?? 0);
+      const heard = Math.max(this.#lastContact, this.#link?.lastHeardAt ?? 0, this.#beats?.lastHeardAt ?? 0);
       if (Date.now() - heard < afterMs) return;
       clearInterval(timer);
       this.#fence(`the standby has been unreachable for ${Date.now() - heard} ms (self-fence after ${afterMs} ms)`);
@@ -331,6 +339,8 @@ export class Primary extends EventEmitter {
       } finally {
         this.#link?.close('session ended');
         this.#link = undefined;
+        this.#beats?.close('session ended');
+        this.#beats = undefined;
         await this.#loop.pause();
         this.#queue.clear();
         this.#inFlight = [];
@@ -382,6 +392,7 @@ export class Primary extends EventEmitter {
     if (answer.t !== 'welcome') throw new ReplicateError('SYSTEM_ERROR', `protocol error: expected welcome, got ${answer.t}`);
     const welcome: WelcomeMsg = answer;
     this.#log.info({ standbyLineage: welcome.lineage, standbyEpoch: welcome.committedEpoch }, 'connected to the standby');
+    if (welcome.session && this.#o.heartbeatChannel) this.#keepBeats(link, welcome.session);
     const work = (async () => {
       await this.#fullSync(link);
       this.#setState('streaming');
@@ -389,6 +400,44 @@ export class Primary extends EventEmitter {
       await this.#stream(link);
     })();
     return Promise.race([closed, work.then(() => 'stopped')]);
+  }
+
+  /**
+   * Keeps a second connection to the standby that carries only heartbeats, for as long as
+   * `data` is open: the standby's failure detector then hears us (or our silence) without
+   * waiting behind the pages queued on `data`. Reconnected at once when it drops (the
+   * standby listens to it alone once it has seen it); given up if the standby refuses it.
+   */
+  #keepBeats(data: Link, session: string): void {
+    const run = async (): Promise<void> => {
+      let delay = 10;
+      while (!this.#stopping && !data.closed) {
+        let beats: Link | undefined;
+        try {
+          beats = await connect({ host: this.#o.host, port: this.#o.port, security: this.#o.security, heartbeatMs: this.#o.heartbeatMs, timeoutMs: 2000 });
+          const closed = new Promise<string>((r) => beats!.once('close', (c: { reason: string }) => r(c.reason)));
+          const answer = new Promise<Message>((resolve) => beats!.on('message', (m: Message) => { if (m.t !== 'hb') resolve(m); }));
+          await beats.send({ t: 'hello', proto: PROTOCOL_VERSION, role: 'primary', lineage: this.lineage, generation: this.generation, pid: this.pid, host: hostname(), agent: `remus-replicate/${process.pid}`, channel: 'beats', session });
+          const m = await Promise.race([answer, closed.then((why) => ({ t: 'closed' as const, why })), sleep(5000).then(() => ({ t: 'timeout' as const }))]);
+          if (m.t === 'refuse') { this.#log.warn({ code: m.code, reason: m.reason }, 'the standby refused a heartbeat channel: heartbeats travel with the data only'); beats.close('refused'); return; }
+          if (m.t !== 'welcome') throw new Error(m.t === 'closed' ? `closed: ${m.why}` : m.t === 'timeout' ? 'no answer in 5 s' : `unexpected ${m.t}`);
+          if (data.closed) { beats.close('session ended'); return; }
+          this.#beats = beats;
+          delay = 10;
+          this.#log.debug('heartbeat channel open');
+          const why = await closed;
+          if (!data.closed) this.#log.warn({ reason: why }, 'heartbeat channel lost; reopening');
+        } catch (e) {
+          beats?.close('failed');
+          if (!data.closed) this.#log.debug({ err: (e as Error).message }, 'cannot open a heartbeat channel; retrying');
+        } finally {
+          if (this.#beats === beats) this.#beats = undefined;
+        }
+        await sleep(delay, undefined, { signal: this.#abort.signal }).catch(() => undefined);
+        delay = Math.min(1000, delay * 2);
+      }
+    };
+    void run();
   }
 
   #onAck(epoch: number): void {

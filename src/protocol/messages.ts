@@ -90,6 +90,14 @@ export interface HelloMsg {
   pid: number;
   host: string;
   agent: string;
+  /**
+   * 'beats': a second connection that carries heartbeats only, for the session the welcome
+   * named in `session`. Heartbeats on the data connection queue behind megabytes of pages;
+   * on this one they do not, so the standby's failure detector hears the primary, or its
+   * silence, whatever the backlog of data.
+   */
+  channel?: 'beats';
+  session?: string;
 }
 
 export interface WelcomeMsg {
@@ -99,6 +107,8 @@ export interface WelcomeMsg {
   lineage: string | null;
   generation: number;
   committedEpoch: number;
+  /** The session's id, for a heartbeat channel (see HelloMsg.channel). */
+  session?: string;
 }
 
 export interface RefuseMsg { t: 'refuse'; code: string; reason: string }

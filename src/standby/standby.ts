@@ -7,6 +7,7 @@
 // follow the committed epoch, a page count that does not add up) ends that connection
 // with a logged reason and aborts its open batch: the committed epoch is untouched and
 // the standby keeps serving.
+import { randomBytes } from 'node:crypto';
 import { EventEmitter } from 'node:events';
 import { join } from 'node:path';
 import { DeltaPageDecoder } from '../codec/delta-codec.js';
@@ -14,7 +15,7 @@ import type { PageDecoder } from '../codec/page-codec.js';
 import { ReplicateError } from '../errors.js';
 import { silentLogger, type Logger } from '../log/logger.js';
 import { ReplicationMetrics } from '../metrics/metrics.js';
-import { PROTOCOL_VERSION, type BeginMsg, type EndMsg, type HelloMsg, type Message, type PagesMsg } from '../protocol/messages.js';
+import { PROTOCOL_VERSION, type BeginMsg, type EndMsg, type HelloMsg, type Message, type PagesMsg, type WelcomeMsg } from '../protocol/messages.js';
 import { writeStatusFile } from '../status/status-file.js';
 import { listen, type HeartbeatInfo, type Link, type LinkCloseInfo, type ListeningServer } from '../transport/link.js';
 import type { SecurityOptions } from '../transport/security.js';
@@ -75,6 +76,8 @@ export interface StandbyStats {
   expectedDetectionMs: number;
   /** Heartbeat gaps as the detector sees them. */
   heartbeatGapMs: { mean: number; std: number };
+  /** The connected primary keeps a heartbeat channel (HelloMsg.channel): the detector hears only it. */
+  heartbeatChannel: boolean;
   suspicion: number;
   pid: number;
   dir: string;
@@ -208,6 +211,7 @@ export class Standby extends EventEmitter {
       role: this.#role, promotion: this.#promotion, restoredRunning: this.#restoredRunning,
       detector: this.#detector.description, expectedDetectionMs: this.#detector.expectedDetectionMs(),
       heartbeatGapMs: { mean: this.#detector.learnt().meanMs, std: this.#detector.learnt().stdMs },
+      heartbeatChannel: !!this.#session?.beats && !this.#session.beats.closed,
       suspicion: this.#armed ? this.#detector.suspicion() : 0,
       pid: process.pid, dir: this.dir, listen: this.address,
       link: this.#session ? 'connected' : 'listening', peer: this.#session?.peer ?? null,
@@ -278,6 +282,7 @@ export class Standby extends EventEmitter {
         void this.#writeStatus();
       }
       link.close(session.endReason || 'session ended');
+      session.beats?.close('session ended');
     });
   }
 
@@ -306,15 +311,16 @@ export class Standby extends EventEmitter {
    */
   #watch(confirming = false): void {
     if (!this.#armed || this.#role !== 'standby' || !this.#store.committed) return;
-    if (this.#session?.readingPaused) {
+    if (this.#session?.beatsSeen) {
+      // The heartbeat channel alone says whether the primary lives (attachBeats).
+    } else if (this.#session?.readingPaused) {
       // We are not reading (the backlog of received epochs is full): heartbeats wait in
       // the socket unread, so silence now says nothing of the primary.
       this.#lastHeard = performance.now();
       this.#detector.alive(this.#lastHeard);
       return;
-    }
-    const link = this.#session?.link;
-    if (link) {
+    } else if (this.#session?.link) {
+      const link = this.#session.link;
       // Bytes still arriving (a long frame) are a sign of life too.
       const heard = performance.now() - Math.max(0, Date.now() - link.lastHeardAt);
       if (heard > this.#lastHeard) { this.#lastHeard = heard; this.#detector.alive(heard); }
@@ -332,6 +338,7 @@ export class Standby extends EventEmitter {
     this.#log.warn({ silentMs: Math.round(silentMs), detector: this.#detector.description }, 'the primary is considered dead');
     this.emit('suspect', { silentMs });
     this.#session?.link.close('primary considered dead');
+    this.#session?.beats?.close('primary considered dead');
     if (this.#o.autoPromote === false) {
       this.#log.warn('auto-promotion is off: run `replicate promote --dir DIR` to restore the process here');
       void this.#writeStatus();
@@ -479,17 +486,53 @@ export class Standby extends EventEmitter {
     this.#detector.reset();
     this.#lastHeard = performance.now();
     this.#armed = true;
-    session.link.on('heartbeat', (hb: HeartbeatInfo) => { this.#lastHeard = performance.now(); this.#detector.heartbeat(this.#lastHeard, hb.sentAt, hb.skipped); });
-    session.link.on('message', () => { this.#lastHeard = performance.now(); this.#detector.alive(this.#lastHeard); });
+    session.link.on('heartbeat', (hb: HeartbeatInfo) => {
+      if (session.beatsSeen) return;
+      this.#lastHeard = performance.now();
+      this.#detector.heartbeat(this.#lastHeard, hb.sentAt, hb.skipped);
+    });
+    session.link.on('message', () => {
+      if (session.beatsSeen) return;
+      this.#lastHeard = performance.now();
+      this.#detector.alive(this.#lastHeard);
+    });
     this.emit('peer', { state: 'connected', peer: session.peer });
     this.#log.info({ peer: session.peer }, 'primary connected');
     void this.#writeStatus();
     return { ok: true };
   }
 
-  welcome(): Message {
+  welcome(session: Session): WelcomeMsg {
     const c = this.#store.committed;
-    return { t: 'welcome', proto: PROTOCOL_VERSION, lineage: c?.lineage ?? null, generation: c?.generation ?? 0, committedEpoch: c?.epoch ?? 0 };
+    return { t: 'welcome', proto: PROTOCOL_VERSION, lineage: c?.lineage ?? null, generation: c?.generation ?? 0, committedEpoch: c?.epoch ?? 0, session: session.id };
+  }
+
+  /**
+   * A heartbeat channel for the current session, or why not. Once one is attached, the
+   * detector hears only it: on the data connection, heartbeats and bytes of a primary that
+   * died can still arrive for a while from full buffers, and look like life.
+   */
+  attachBeats(beats: Session, hello: HelloMsg): { ok: true } | { ok: false; code: string; reason: string } {
+    if (this.#role !== 'standby') return { ok: false, code: 'STALE_GENERATION', reason: `this standby has ${this.#role === 'primary' ? 'promoted' : 'started a promotion'}` };
+    const cur = this.#session;
+    const p = cur?.peer;
+    if (!cur || !p || cur.id !== hello.session || p.lineage !== hello.lineage || p.generation !== hello.generation || p.pid !== hello.pid)
+      return { ok: false, code: 'NO_SESSION', reason: 'no replication session with this id here: the heartbeat channel follows the data connection' };
+    cur.beats?.close('replaced by a new heartbeat channel');
+    cur.beats = beats.link;
+    if (!cur.beatsSeen) {
+      cur.beatsSeen = true;
+      // Learn the gaps of this channel only (the data connection's were noisier).
+      this.#detector.reset();
+      this.#lastHeard = performance.now();
+    }
+    beats.link.on('heartbeat', (hb: HeartbeatInfo) => {
+      if (this.#session !== cur || cur.beats !== beats.link) return;
+      this.#lastHeard = performance.now();
+      this.#detector.heartbeat(this.#lastHeard, hb.sentAt, hb.skipped);
+    });
+    this.#log.debug({ remote: beats.link.remote }, 'heartbeat channel attached');
+    return { ok: true };
   }
 
   begin(peer: PeerInfo, m: BeginMsg): EpochBatch {
@@ -544,6 +587,12 @@ export class Standby extends EventEmitter {
 class Session {
   readonly standby: Standby;
   readonly link: Link;
+  /** Names this session to a heartbeat channel (HelloMsg.channel). */
+  readonly id = randomBytes(16).toString('hex');
+  /** The primary's heartbeat channel, while connected. */
+  beats: Link | undefined;
+  /** A heartbeat channel was attached: from then on only its heartbeats say the primary lives. */
+  beatsSeen = false;
   peer: PeerInfo | null = null;
   endReason = '';
   /** The reason of the primary's `bye`, if it said one. */
@@ -624,6 +673,20 @@ class Session {
     return m;
   }
 
+  /** A heartbeat channel: welcome, then heartbeats only (the link handles them) until it closes. */
+  async #runBeats(hello: HelloMsg): Promise<void> {
+    const s = this.standby;
+    const verdict = s.attachBeats(this, hello);
+    if (!verdict.ok) {
+      await this.link.send({ t: 'refuse', code: verdict.code, reason: verdict.reason }).catch(() => undefined);
+      this.#fail(`heartbeat channel refused: ${verdict.reason}`);
+    }
+    await this.link.send({ ...s.welcome(this), session: hello.session! });
+    const m = await this.#next();
+    if (m) this.#fail(`protocol error: '${m.t}' on a heartbeat channel`);
+    this.endReason ||= 'heartbeat channel closed';
+  }
+
   #fail(reason: string): never {
     this.endReason = reason;
     throw new Error(reason);
@@ -635,12 +698,13 @@ class Session {
     if (!hello) return;
     if (hello.t !== 'hello') this.#fail(`protocol error: expected hello, got ${hello.t}`);
     this.peer = { remote: this.link.remote, lineage: hello.lineage, pid: hello.pid, host: hello.host, generation: hello.generation };
+    if (hello.channel === 'beats') return this.#runBeats(hello);
     const verdict = s.admit(this, hello);
     if (!verdict.ok) {
       await this.link.send({ t: 'refuse', code: verdict.code, reason: verdict.reason }).catch(() => undefined);
       this.#fail(`refused: ${verdict.reason}`);
     }
-    await this.link.send(s.welcome());
+    await this.link.send(s.welcome(this));
     let batch: EpochBatch | undefined;
     let begin: BeginMsg | undefined;
     let wire = 0;

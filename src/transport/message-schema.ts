@@ -63,8 +63,8 @@ export function validateMessage(value: unknown): Message {
 }
 
 function hello(v: unknown): HelloMsg {
-  const o = fields(v, 'hello', ['t', 'proto', 'role', 'lineage', 'generation', 'pid', 'host', 'agent']);
-  return {
+  const o = fields(v, 'hello', ['t', 'proto', 'role', 'lineage', 'generation', 'pid', 'host', 'agent', 'channel', 'session']);
+  const msg: HelloMsg = {
     t: 'hello',
     proto: count(o.proto, 'hello.proto'),
     role: oneOf(o.role, 'hello.role', ['primary'] as const),
@@ -74,17 +74,23 @@ function hello(v: unknown): HelloMsg {
     host: text(o.host, 'hello.host', MESSAGE_LIMITS.maxShortChars),
     agent: text(o.agent, 'hello.agent', MESSAGE_LIMITS.maxShortChars),
   };
+  if (o.channel !== undefined) msg.channel = oneOf(o.channel, 'hello.channel', ['beats'] as const);
+  if (o.session !== undefined) msg.session = text(o.session, 'hello.session', MESSAGE_LIMITS.maxShortChars, 1);
+  if (msg.channel && !msg.session) fail('hello.session', "is required with channel 'beats'", o.session);
+  return msg;
 }
 
 function welcome(v: unknown): WelcomeMsg {
-  const o = fields(v, 'welcome', ['t', 'proto', 'lineage', 'generation', 'committedEpoch']);
-  return {
+  const o = fields(v, 'welcome', ['t', 'proto', 'lineage', 'generation', 'committedEpoch', 'session']);
+  const msg: WelcomeMsg = {
     t: 'welcome',
     proto: count(o.proto, 'welcome.proto'),
     lineage: o.lineage === null ? null : text(o.lineage, 'welcome.lineage', MESSAGE_LIMITS.maxShortChars, 1),
     generation: count(o.generation, 'welcome.generation'),
     committedEpoch: count(o.committedEpoch, 'welcome.committedEpoch'),
   };
+  if (o.session !== undefined) msg.session = text(o.session, 'welcome.session', MESSAGE_LIMITS.maxShortChars, 1);
+  return msg;
 }
 
 function refuse(v: unknown): RefuseMsg {
