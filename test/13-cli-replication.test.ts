@@ -46,7 +46,9 @@ describe('replicate CLI', () => {
     expect((await cli(['keygen', '--out', `${dir.path}/key`])).code).toBe(0);
     const [port, metricsPort, redisPort, primaryMetricsPort] = await freePorts(4) as [number, number, number, number];
     const standbyDir = `${dir.path}/standby`;
-    const sb = procStart(['standby', '--listen', `127.0.0.1:${port}`, '--dir', standbyDir, '--secret-file', `${dir.path}/key`, '--metrics', `127.0.0.1:${metricsPort}`]);
+    // Restore directories under the test's own (this standby is SIGKILLed below).
+    const restoreDir = `${dir.path}/restore`;
+    const sb = procStart(['standby', '--listen', `127.0.0.1:${port}`, '--dir', standbyDir, '--secret-file', `${dir.path}/key`, '--metrics', `127.0.0.1:${metricsPort}`, '--restore-dir', restoreDir]);
     await sb.next('listening', 15_000);
     const pr = procStart(['run', '--to', `127.0.0.1:${port}`, '--secret-file', `${dir.path}/key`, '--epoch', '50ms', '--output', dir.path,
       '--metrics', `127.0.0.1:${primaryMetricsPort}`, '--',
@@ -93,7 +95,7 @@ describe('replicate CLI', () => {
     expect(down.running).toBe(false);
     expect(down.committedEpoch).toBe(info!.epoch);
     await pr.next('standby-lost', 10_000);
-    const sb2 = procStart(['standby', '--listen', `127.0.0.1:${port}`, '--dir', standbyDir, '--secret-file', `${dir.path}/key`]);
+    const sb2 = procStart(['standby', '--listen', `127.0.0.1:${port}`, '--dir', standbyDir, '--secret-file', `${dir.path}/key`, '--restore-dir', restoreDir]);
     const l2 = await sb2.next('listening', 15_000);
     expect(l2.committedEpoch).toBe(info!.epoch);
     await pr.next('synced', 30_000); // the primary resynchronises from a full state
@@ -114,7 +116,7 @@ describe('replicate CLI', () => {
     const dir = tempDir('cli'); later(() => dir.remove());
     expect((await cli(['keygen', '--out', `${dir.path}/key`])).code).toBe(0);
     const [port] = await freePorts(1) as [number];
-    const sb = procStart(['standby', '--listen', `127.0.0.1:${port}`, '--dir', `${dir.path}/standby`, '--secret-file', `${dir.path}/key`]);
+    const sb = procStart(['standby', '--listen', `127.0.0.1:${port}`, '--dir', `${dir.path}/standby`, '--secret-file', `${dir.path}/key`, '--restore-dir', `${dir.path}/restore`]);
     await sb.next('listening', 15_000);
     const t = await Target.spawn({ pages: 256 });
     const pr = procStart(['--pid', String(t.pid), '--to', `127.0.0.1:${port}`, '--secret-file', `${dir.path}/key`, '--epoch', '50ms', '--no-base-image']);

@@ -2,7 +2,8 @@
 // standby (the library, so that the test can see when each epoch was captured), real CRIU.
 // The primary side is killed with SIGKILL; the standby must detect it, restore the last
 // committed epoch and the restored process must hold together.
-import { existsSync, readFileSync, writeFileSync } from 'node:fs';
+import { spawnSync } from 'node:child_process';
+import { existsSync, mkdirSync, readdirSync, readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { afterEach, describe, expect, it } from 'vitest';
@@ -249,6 +250,22 @@ describe('failover', () => {
     expect(await cli('get', sample)).toBe(value);
   });
 
+  it('a standby starting removes the restore directories of standbys that died, not those of live ones', async () => {
+    const dir = tempDir('stale-restore');
+    later(() => dir.remove());
+    const { security } = makeKey(dir.path);
+    const root = join(dir.path, 'restore-root');
+    const dead = spawnSync('true').pid!; // exited and reaped: its PID names no process now
+    const alive = process.ppid;
+    const names = [
+      `img-0a1b2c3d-7-${dead}-1`, `img-0a1b2c3d-7-${dead}-2-lazy`, `warm-g1-mwt6u72l-1-${dead}`,
+      `img-0a1b2c3d-7-${alive}-1`, `warm-g1-mwt6u72l-1-${alive}`, 'unrelated',
+    ];
+    for (const n of names) { mkdirSync(join(root, n), { recursive: true }); writeFileSync(join(root, n, 'core-1.img'), 'x'); }
+    await startStandby(dir.path, security, { promotion: { restoreRoot: root } });
+    expect(readdirSync(root).sort()).toEqual([`img-0a1b2c3d-7-${alive}-1`, 'unrelated', `warm-g1-mwt6u72l-1-${alive}`].sort());
+  });
+
   it('a restore that fails because the PIDs are still taken is retried, and succeeds once they are free', async () => {
     const dir = tempDir('fo'); later(() => dir.remove());
     const { file, security } = makeKey(dir.path);
@@ -399,7 +416,7 @@ describe('failover', () => {
     const standbyDir = join(dir.path, 'standby');
     const hook = join(dir.path, 'hook.out');
     const [port] = await freePorts(1) as [number];
-    const sb = new CliProcess(['standby', '--listen', `127.0.0.1:${port}`, '--dir', standbyDir, '--secret-file', file, '--no-auto-promote',
+    const sb = new CliProcess(['standby', '--listen', `127.0.0.1:${port}`, '--dir', standbyDir, '--secret-file', file, '--no-auto-promote', '--restore-dir', join(dir.path, 'restore'),
       '--health', `tcp:${c.port}`, '--on-promote', `echo "$REPLICATE_ROLE $REPLICATE_EPOCH $REPLICATE_PID" > ${hook}`]);
     later(() => sb.stop('SIGKILL'));
     await sb.next('listening', 15_000);

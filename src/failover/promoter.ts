@@ -6,7 +6,7 @@
 //   -> criu restore -d (this process is the subreaper of what it restores)
 //   -> health check; a failed restore or check is retried (3 attempts in all), then
 //      --fallback-cmd cold-starts the service and the failure is reported loudly.
-import { existsSync, mkdirSync, readdirSync, readFileSync } from 'node:fs';
+import { existsSync, mkdirSync, readdirSync, readFileSync, rmSync } from 'node:fs';
 import { readdir, rename, rm } from 'node:fs/promises';
 import { join } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
@@ -97,6 +97,26 @@ export interface PromotionResult {
 
 export function defaultRestoreRoot(dir: string): string {
   return existsSync('/dev/shm') ? '/dev/shm/remus-replicate' : join(dir, 'restore');
+}
+
+/**
+ * Removes the image and warm-restore directories of standbys that died without cleaning up
+ * (SIGKILL, a crash): their names carry the standby's PID (`img-LINEAGE-EPOCH-PID-ATTEMPT`,
+ * with `-lazy` for a daemon's own; `warm-BASE-PID`), and on tmpfs they hold memory. Those of
+ * live processes are kept. Returns the names removed.
+ */
+export function pruneStaleRestoreDirs(root: string): string[] {
+  let names: string[];
+  try { names = readdirSync(root); } catch { return []; }
+  const removed: string[] = [];
+  for (const n of names) {
+    const m = /^img-[^-]+-\d+-(\d+)-\d+(?:-lazy)?$/.exec(n) ?? /^warm-.+-(\d+)$/.exec(n);
+    if (!m) continue;
+    const pid = Number(m[1]);
+    if (!Number.isSafeInteger(pid) || pid <= 0 || pid === process.pid || pidAlive(pid)) continue;
+    try { rmSync(join(root, n), { recursive: true, force: true }); removed.push(n); } catch { /* next time */ }
+  }
+  return removed;
 }
 
 /**

@@ -22,7 +22,7 @@ import type { SecurityOptions } from '../transport/security.js';
 import { locateCriu } from '../criu/locate.js';
 import { createDetector, type DetectorOptions, type FailureDetector } from '../failover/failure-detector.js';
 import { LazyRestorer } from '../failover/lazy-restore.js';
-import { defaultRestoreRoot, promote, type PromotionOptions, type PromotionResult } from '../failover/promoter.js';
+import { defaultRestoreRoot, promote, pruneStaleRestoreDirs, type PromotionOptions, type PromotionResult } from '../failover/promoter.js';
 import { native } from '../native/binding.js';
 import { baseDir, BaseImageWriter, pruneBases } from './base-images.js';
 import { EpochStore, type EpochBatch } from './epoch-store.js';
@@ -172,6 +172,8 @@ export class Standby extends EventEmitter {
       s.#log.warn({ err: (e as Error).message }, 'no usable CRIU: `replicate promote` will fail until there is one');
     }
     s.#store = await EpochStore.open(o.dir, { fsync: o.fsync ?? true });
+    const stale = pruneStaleRestoreDirs(o.promotion?.restoreRoot ?? defaultRestoreRoot(o.dir));
+    if (stale.length) s.#log.info({ removed: stale }, 'removed restore directories of standbys that are gone');
     const c = s.#store.committed;
     // Leftovers of a batch that never committed, and bases no commit names.
     await pruneBases(o.dir, c?.state.base || null);
