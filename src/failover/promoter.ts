@@ -164,6 +164,17 @@ function pidAlive(pid: number): boolean {
   try { process.kill(pid, 0); return true; } catch (e) { return (e as NodeJS.ErrnoException).code === 'EPERM'; }
 }
 
+/** SIGKILLs and reaps those of `pids` that are children of this process (leftovers of a failed restore). */
+function endOurLeftovers(pids: number[]): void {
+  for (const pid of pids) {
+    let ppid = -1;
+    try { ppid = Number(/^PPid:\s+(\d+)/m.exec(readFileSync(`/proc/${pid}/status`, 'utf8'))?.[1] ?? -1); } catch { continue; }
+    if (ppid !== process.pid) continue;
+    try { process.kill(pid, 'SIGKILL'); } catch { /* gone */ }
+    native().reapChild(pid);
+  }
+}
+
 /** Threads of the committed state whose PIDs are still taken on this host (restore needs them free). */
 function takenPids(state: EpochState): number[] {
   return state.threads.map((t) => t.tid).filter((tid) => existsSync(`/proc/${tid}`));
@@ -228,6 +239,9 @@ export async function promote(store: EpochStore, dir: string, o: PromotionOption
       if (!base) throw new Error('the committed epoch has no base image (the primary ran without base images): it cannot be restored');
       // The original PIDs must be free: wait a little for a dying primary on this host.
       const tw = performance.now();
+      // A failed restore can leave its tasks behind as our children (we are a subreaper),
+      // running or zombies, holding the very PIDs a retry needs: end and reap those.
+      if (attempt > 1) endOurLeftovers(takenPids(c.state));
       for (let i = 0; i < 250 && takenPids(c.state).length > 0; i++) await sleep(4);
       timings.pidWaitMs += performance.now() - tw;
       const taken = takenPids(c.state);
