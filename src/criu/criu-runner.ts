@@ -95,7 +95,29 @@ export interface RestoreOptions {
  * `criu restore -d` (detached: CRIU returns once the process runs; it is re-parented to
  * the nearest subreaper) of the image in `dir`. Resolves with the restored PID.
  */
+/** Image directories a `criu restore` of this process is working on now. */
+const restoring = new Set<string>();
+
+/**
+ * Ends every `criu restore` this process has running (and the tasks it forked): for a
+ * standby that stops in the middle of a promotion. Returns how many processes it ended.
+ */
+export function abortRestores(): number {
+  let n = 0;
+  for (const dir of restoring) n += killRestoreLeftovers(dir).length;
+  return n;
+}
+
 export async function criuRestore(o: RestoreOptions): Promise<CriuResult & { pid: number }> {
+  restoring.add(o.dir);
+  try {
+    return await restoreIn(o);
+  } finally {
+    restoring.delete(o.dir);
+  }
+}
+
+async function restoreIn(o: RestoreOptions): Promise<CriuResult & { pid: number }> {
   const pidfile = join(o.dir, 'restored.pid');
   const args = ['restore', '-D', o.dir, '-d', '-o', 'restore.log', '-v2', '--pidfile', pidfile, '--ext-unix-sk', '--file-locks'];
   if (o.tcpClose !== false) args.push('--tcp-close'); else args.push('--tcp-established');

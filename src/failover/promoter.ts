@@ -48,6 +48,8 @@ export interface PromotionOptions {
   onLazyFailure?: (why: string) => void;
   /** Called with the transfer's end when a restore is lazy: the store must stay open until then. */
   onLazyTransfer?: (done: Promise<unknown>) => void;
+  /** Checked before each attempt: true stops retrying (the standby is stopping). */
+  cancelled?: () => boolean;
   /** A lazy restore prepared ahead for this base (see LazyRestorer), taken if it is ready. */
   warm?: () => LazyRestorer | undefined;
   logger?: Logger;
@@ -232,6 +234,7 @@ export async function promote(store: EpochStore, dir: string, o: PromotionOption
   const attempts = o.attempts ?? 3;
   let lazyFailed = false;
   for (let attempt = 1; attempt <= attempts; attempt++) {
+    if (o.cancelled?.()) { errors.push(`attempt ${attempt}: not started: the standby is stopping`); break; }
     let lazyDone: Promise<unknown> | undefined;
     let imageDir = join(root, `img-${c.lineage.slice(0, 8)}-${c.epoch}-${process.pid}-${attempt}`);
     let pid: number | null = null;
@@ -350,6 +353,10 @@ export async function promote(store: EpochStore, dir: string, o: PromotionOption
       if (e instanceof RestoreError && e.pidTaken) await sleep(200 * attempt);
       else await sleep(50 * attempt);
     }
+  }
+  if (o.cancelled?.()) {
+    log.error({ errors }, 'promotion abandoned: the standby is stopping');
+    return result({ ok: false, outcome: 'failed', pid: null, epoch: c.epoch, lineage: c.lineage, generation, attempts });
   }
   // Cold start instead, and say so loudly.
   if (o.fallbackCmd) {

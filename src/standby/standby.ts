@@ -19,6 +19,7 @@ import { PROTOCOL_VERSION, type BeginMsg, type EndMsg, type HelloMsg, type Messa
 import { writeStatusFile } from '../status/status-file.js';
 import { listen, type HeartbeatInfo, type Link, type LinkCloseInfo, type ListeningServer } from '../transport/link.js';
 import type { SecurityOptions } from '../transport/security.js';
+import { abortRestores } from '../criu/criu-runner.js';
 import { locateCriu } from '../criu/locate.js';
 import { createDetector, type DetectorOptions, type FailureDetector } from '../failover/failure-detector.js';
 import { LazyRestorer } from '../failover/lazy-restore.js';
@@ -235,6 +236,12 @@ export class Standby extends EventEmitter {
     if (this.#statusTimer) clearInterval(this.#statusTimer);
     if (this.#watchTimer) clearInterval(this.#watchTimer);
     if (this.#reapTimer) clearInterval(this.#reapTimer);
+    // A promotion in progress stops: its criu restore (which can hang) is ended, and no
+    // further attempt starts.
+    if (this.#role === 'promoting') {
+      const n = abortRestores();
+      if (n) this.#log.warn({ processes: n }, 'stopping: ended the criu restore in progress');
+    }
     await this.#promoting?.catch(() => undefined);
     // A lazily restored process still gets pages from the store: wait for the transfer
     // (bounded), or it would read zeros and be killed.
@@ -381,7 +388,7 @@ export class Standby extends EventEmitter {
       const onLazyFailure = (why: string) => { if (!this.#closed) void this.#afterLazyFailure(why); };
       const onLazyTransfer = (done: Promise<unknown>) => { this.#lazyTransfer = done.catch(() => undefined); };
       const r: PromotionResult = criu
-        ? await promote(this.#store, this.dir, { ...this.#o.promotion, criu, logger: this.#log, onLazyFailure, onLazyTransfer, warm: () => this.#warm, ...override }, detectionMs)
+        ? await promote(this.#store, this.dir, { ...this.#o.promotion, criu, logger: this.#log, onLazyFailure, onLazyTransfer, warm: () => this.#warm, cancelled: () => this.#closed, ...override }, detectionMs)
         : { ok: false, outcome: 'failed', lazy: false, pid: null, epoch: this.#store.committed?.epoch ?? 0, lineage: '', generation: 0, attempts: 0, errors: ['no CRIU: promotion needs CRIU 4.2+'], timings: { detectionMs, fenceMs: 0, prepareMs: 0, daemonMs: 0, pidWaitMs: 0, buildMs: 0, restoreMs: 0, healthMs: 0, totalMs: detectionMs } };
       r.timings.drainMs = drainMs;
       r.timings.warmWaitMs = warmWaitMs;
