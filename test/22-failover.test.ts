@@ -250,6 +250,20 @@ describe('failover', () => {
     expect(await cli('get', sample)).toBe(value);
   });
 
+  it('runProgram (how criu restore is started, without fork): exit code, stderr to a file, signals, timeout, a missing program', async () => {
+    const dir = tempDir('run-program');
+    later(() => dir.remove());
+    const err = join(dir.path, 'err');
+    expect(await native().runProgram('/bin/sh', ['-c', 'echo oops >&2; exit 3'], { stderrFile: err })).toMatchObject({ code: 3, signal: 0, timedOut: false });
+    expect(readFileSync(err, 'utf8')).toBe('oops\n');
+    // The child gets default signal dispositions and no blocked signals (Node ignores SIGPIPE).
+    expect(await native().runProgram('/bin/sh', ['-c', 'kill -TERM $$'])).toMatchObject({ code: -1, signal: 15, timedOut: false });
+    const slow = await native().runProgram('/bin/sleep', ['30'], { timeoutMs: 200 });
+    expect(slow).toMatchObject({ code: -1, signal: 9, timedOut: true });
+    expect(slow.ms).toBeLessThan(10_000);
+    await expect(native().runProgram(join(dir.path, 'no-such-program'), [])).rejects.toThrow(/cannot start .*no-such-program: No such file/);
+  });
+
   it('a standby starting removes the restore directories of standbys that died, not those of live ones', async () => {
     const dir = tempDir('stale-restore');
     later(() => dir.remove());

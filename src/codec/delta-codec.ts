@@ -119,6 +119,11 @@ export class DeltaPageEncoder implements PageEncoder {
     return this.#open('retain').retain(vmaRanges(vmas));
   }
 
+  /** Pages and bytes encoded so far (a copy; no walk of the cache, unlike stats()). */
+  get totals(): DeltaEncoderTotals {
+    return { ...this.#totals };
+  }
+
   stats(): DeltaEncoderStats {
     const cache = this.#cache?.stats() ?? {
       entries: 0, capacity: 0, bytes: 0, maxBytes: 0, eviction: 'clock', hits: 0, misses: 0, evictions: 0, inserts: 0, erased: 0, closed: true,

@@ -91,10 +91,6 @@ export interface RestoreOptions {
   extraArgs?: string[];
 }
 
-/**
- * `criu restore -d` (detached: CRIU returns once the process runs; it is re-parented to
- * the nearest subreaper) of the image in `dir`. Resolves with the restored PID.
- */
 /** Image directories a `criu restore` of this process is working on now. */
 const restoring = new Set<string>();
 
@@ -108,6 +104,10 @@ export function abortRestores(): number {
   return n;
 }
 
+/**
+ * `criu restore -d` (detached: CRIU returns once the process runs; it is re-parented to
+ * the nearest subreaper) of the image in `dir`. Resolves with the restored PID.
+ */
 export async function criuRestore(o: RestoreOptions): Promise<CriuResult & { pid: number }> {
   restoring.add(o.dir);
   try {
@@ -132,22 +132,18 @@ async function restoreIn(o: RestoreOptions): Promise<CriuResult & { pid: number 
   const timeoutMs = o.timeoutMs ?? 60_000;
   const x = await native().runProgram(o.criu, args, { stderrFile, timeoutMs });
   const ms = performance.now() - t0;
-  const r = {
-    code: x.timedOut ? -1 : x.signal ? -1 : x.code,
-    get stderr(): string {
-      let e = '';
-      try { e = readFileSync(stderrFile, 'utf8'); } catch { /* none */ }
-      return `${e}${x.timedOut ? `\n(criu killed after ${timeoutMs} ms)` : x.signal ? `\n(criu killed by signal ${x.signal})` : ''}`;
-    },
-  };
-  if (r.code !== 0) {
-    const log = await readFile(join(o.dir, 'restore.log'), 'utf8').catch(() => r.stderr);
+  const code = x.timedOut || x.signal ? -1 : x.code;
+  if (code !== 0) {
+    let stderr = '';
+    try { stderr = readFileSync(stderrFile, 'utf8'); } catch { /* none */ }
+    stderr += x.timedOut ? `\n(criu killed after ${timeoutMs} ms)` : x.signal ? `\n(criu killed by signal ${x.signal})` : '';
+    const log = await readFile(join(o.dir, 'restore.log'), 'utf8').catch(() => stderr);
     // A restore that failed or was cut off by the timeout can leave its forks behind,
     // waiting on each other for ever: end them (they are ours: criu restore of this dir).
     killRestoreLeftovers(o.dir);
     const why = criuErrors(log);
     const pidTaken = /File exists|EEXIST|pid.*(taken|busy)|Can't fork for \d+/i.test(log);
-    throw new RestoreError(`criu restore failed (exit ${r.code}): ${why.join(' | ') || r.stderr.trim() || 'see ' + join(o.dir, 'restore.log')}`, pidTaken);
+    throw new RestoreError(`criu restore failed (exit ${code}): ${why.join(' | ') || stderr.trim() || 'see ' + join(o.dir, 'restore.log')}`, pidTaken);
   }
   // Synchronous: a few bytes on tmpfs, and the thread pool may be busy with the store's I/O.
   let pidText = '';

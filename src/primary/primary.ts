@@ -255,7 +255,7 @@ export class Primary extends EventEmitter {
       compressionRatio: this.#wire > 0 ? this.#raw / this.#wire : 0,
       sentBytes: this.#wire, syncs: this.#syncs, rebases: this.#rebases, base: this.#base?.id ?? '', reconnects: this.#reconnects, queue: this.#queue.stats(),
       rttMs: this.#link?.rttMs ?? 0, startedAt: this.#startedAt,
-      ...(this.#encoder instanceof DeltaPageEncoder ? { codec: pickCodecTotals(this.#encoder.stats().totals) } : {}),
+      ...(this.#encoder instanceof DeltaPageEncoder ? { codec: pickCodecTotals(this.#encoder.totals) } : {}),
     };
   }
 

@@ -61,17 +61,23 @@ export function checkMaxFrameBytes(value: number | undefined): number {
  * above `maxFrameBytes`.
  */
 export function encodeFrame(msg: Message, seq: number, maxFrameBytes = DEFAULT_MAX_FRAME_BYTES): Buffer {
-  if (!Number.isSafeInteger(seq) || seq < 1) throw new ReplicateError('INVALID_ARGUMENT', `seq must be a positive integer, got ${String(seq)}`);
+  checkSeq(seq);
   validateMessage(msg);
   // Packed after 8 reserved bytes, so the header goes in front without copying the body.
   const frame = packr.pack([PROTOCOL_VERSION, seq, msg], RESERVE_START_SPACE | FRAME_HEADER_BYTES);
   const bodyLength = frame.length - FRAME_HEADER_BYTES;
-  if (bodyLength > maxFrameBytes) {
-    throw new FrameError('too-large', `a '${msg.t}' frame of ${bodyLength} bytes is above the limit of ${maxFrameBytes} bytes`);
-  }
+  checkSize(msg, bodyLength, maxFrameBytes);
   frame.writeUInt32BE(bodyLength, 0);
   frame.writeUInt32BE(crc32(frame.subarray(FRAME_HEADER_BYTES)), 4);
   return frame;
+}
+
+function checkSeq(seq: number): void {
+  if (!Number.isSafeInteger(seq) || seq < 1) throw new ReplicateError('INVALID_ARGUMENT', `seq must be a positive integer, got ${String(seq)}`);
+}
+
+function checkSize(msg: Message, bodyLength: number, maxFrameBytes: number): void {
+  if (bodyLength > maxFrameBytes) throw new FrameError('too-large', `a '${msg.t}' frame of ${bodyLength} bytes is above the limit of ${maxFrameBytes} bytes`);
 }
 
 /** Page data of at least this many bytes leaves without being copied into the frame. */
@@ -87,7 +93,7 @@ const EMPTY = Buffer.alloc(0);
  */
 export function encodeFrameParts(msg: Message, seq: number, maxFrameBytes = DEFAULT_MAX_FRAME_BYTES): Buffer[] {
   if (msg.t !== 'pages' || msg.data.length < ZERO_COPY_BYTES) return [encodeFrame(msg, seq, maxFrameBytes)];
-  if (!Number.isSafeInteger(seq) || seq < 1) throw new ReplicateError('INVALID_ARGUMENT', `seq must be a positive integer, got ${String(seq)}`);
+  checkSeq(seq);
   validateMessage(msg);
   const { data } = msg;
   // `data` last, and empty: its msgpack form is then the two final bytes (bin8, length 0),
@@ -103,9 +109,7 @@ export function encodeFrameParts(msg: Message, seq: number, maxFrameBytes = DEFA
   first[keep] = 0xc6;
   first.writeUInt32BE(data.length, keep + 1);
   const bodyLength = first.length - FRAME_HEADER_BYTES + data.length;
-  if (bodyLength > maxFrameBytes) {
-    throw new FrameError('too-large', `a '${msg.t}' frame of ${bodyLength} bytes is above the limit of ${maxFrameBytes} bytes`);
-  }
+  checkSize(msg, bodyLength, maxFrameBytes);
   first.writeUInt32BE(bodyLength, 0);
   first.writeUInt32BE(crc32(data, crc32(first.subarray(FRAME_HEADER_BYTES))), 4);
   return [first, data];
