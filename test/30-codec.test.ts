@@ -5,7 +5,7 @@
 // the ASan fuzzer: 30-codec-fuzz.
 import { describe, expect, it } from 'vitest';
 import { DeltaPageDecoder, DeltaPageEncoder, PageCodecError, vmaRanges } from '../src/codec/delta-codec.js';
-import { Lz4PageDecoder, Lz4PageEncoder } from '../src/codec/page-codec.js';
+import { Lz4PageDecoder, Lz4PageEncoder, bufferToAddrs } from '../src/codec/page-codec.js';
 import { native } from '../src/native/binding.js';
 import {
   P, StoreModel, type Entry, addrBuf, body, compareDecoded, crcOf, heapLikePage, lz4Block, lz4Decode, mulberry32, pack, randomPage, runs, varint,
@@ -302,6 +302,35 @@ describe('page-delta codec: the version check', () => {
     expect(() => native().applyBatchSync({} as never, v1)).toThrow(/handle parseBatch returned/);
     enc.close();
   });
+
+  it('applyBatch decodes into a caller\'s buffer when given one, and refuses one too small', async () => {
+    const { enc, dec, store } = codec();
+    const rnd = mulberry32(13);
+    const addrs = addrsOf(4);
+    const v1 = Buffer.concat(addrs.map(() => heapLikePage(rnd)));
+    await roundTrip(enc, dec, store, addrs, v1);
+    const v2 = Buffer.from(v1);
+    for (let i = 0; i < 3; i++) v2[i * P + 99 * i] ^= 0x40; // three deltas; page 3 unchanged
+    v2.fill(0, 3 * P); v2[3 * P + 5] = 9; // (now a delta or FULL)
+    const msg = await enc.encode(BigUint64Array.from(addrs), v2);
+    const p = native().parseBatchSync(msg.data);
+    const bases = Buffer.concat(Array.from({ length: p.delta }, (_, j) => store.pages.get(p.needBase.readBigUInt64LE(j * 8))!));
+    const out = Buffer.alloc(8 * P, 0xee);
+    const sync = native().applyBatchSync(msg.data, bases, out);
+    expect(sync.pages.length).toBe(4 * P);
+    expect(sync.pages.buffer).toBe(out.buffer); // a view of the caller's buffer, not a copy
+    const asDecoded = (r: { addrs: Buffer; zeros: Buffer; pages: Buffer }) => ({ addrs: bufferToAddrs(r.addrs), zeros: bufferToAddrs(r.zeros), pages: r.pages });
+    expect(compareDecoded(addrs, v2, asDecoded(sync))).toBeNull();
+    expect(out.subarray(4 * P).every((b) => b === 0xee)).toBe(true); // nothing written past the pages
+    out.fill(0);
+    const viaAsync = await native().applyBatch(p.batch, bases, out);
+    expect(viaAsync.pages.buffer).toBe(out.buffer);
+    expect(compareDecoded(addrs, v2, asDecoded(viaAsync))).toBeNull();
+    expect(() => native().applyBatchSync(msg.data, bases, Buffer.alloc(3 * P))).toThrow(/out: 12288 bytes for 4 pages with data/);
+    await expect(native().applyBatch(p.batch, bases, Buffer.alloc(P))).rejects.toThrow(/out: 4096 bytes/);
+    expect(() => native().applyBatchSync(msg.data, bases, 'x' as never)).toThrow(/out, when given, must be a Buffer/);
+    enc.close();
+  });
 });
 
 describe('page-delta codec: hostile and damaged batches', () => {
@@ -416,6 +445,26 @@ describe('CRC-32C', () => {
       const b = Buffer.from(Array.from({ length: n + 3 }, () => Math.floor(rnd() * 256))).subarray(3);
       expect(native().crc32c(b)).toBe(native().crc32c(b, true));
     }
-    expect(['sse4.2', 'portable']).toContain(native().codecInfo().crc32c);
+    expect(['vpclmulqdq+sse4.2', 'sse4.2', 'portable']).toContain(native().codecInfo().crc32c);
+  });
+
+  it('every page path (hybrid, crc32 lanes, fused copy, portable) gives the same checksum', () => {
+    const n = native();
+    const rnd = mulberry32(17);
+    const pages = [Buffer.alloc(P), Buffer.alloc(P, 0xff), heapLikePage(rnd)];
+    for (let i = 0; i < 200; i++) pages.push(randomPage(rnd));
+    // One bit at a time at the places where the paths split the page (fold part, lanes, joins).
+    for (const bit of [0, 7, 8 * 2175 + 7, 8 * 2176, 8 * 2816, 8 * 3456, 8 * 4095 + 7]) {
+      const b = Buffer.alloc(P);
+      b[bit >> 3] = 1 << (bit & 7);
+      pages.push(b);
+    }
+    for (const page of pages) {
+      const want = n.crc32c(page, 'portable');
+      expect(n.crc32c(page)).toBe(want);
+      expect(n.crc32c(page, 'sse4.2')).toBe(want);
+      expect(n.crc32c(page, 'copy')).toBe(want);
+    }
+    expect(() => n.crc32c(Buffer.alloc(100), 'copy')).toThrow(/exactly one page/);
   });
 });

@@ -1,6 +1,7 @@
 #include "codec/crc32c.h"
 
 #include <cstring>
+#include <immintrin.h>
 #include <nmmintrin.h>
 
 namespace remus {
@@ -60,10 +61,44 @@ constexpr size_t kLong = 8192;
 constexpr size_t kShort = 256;
 constexpr size_t kPageLane = 1360;  // 3 x 1360 = 4080: a page is three lanes and 16 bytes
 
+// The hybrid page path (see HybridPage): bytes [0, kFoldBytes) are folded with carry-less
+// multiplies, the rest runs as three `crc32` lanes of kHybridLane bytes, 40 bytes of each
+// lane per 128-byte fold step: 16 steps cover both parts exactly.
+constexpr size_t kFoldBytes = 2176;
+constexpr size_t kHybridLane = 640;
+static_assert(kFoldBytes + 3 * kHybridLane == 4096, "the hybrid split covers a page");
+static_assert((kFoldBytes / 128 - 1) * 40 == kHybridLane, "fold steps and crc32 steps end together");
+
+constexpr uint64_t kPolyNormal = 0x11edc6f41ull;  // the same polynomial, x^32 explicit, unreflected
+
+// x^n mod P, unreflected.
+uint32_t XPowModP(unsigned n) {
+  uint64_t r = 1;
+  while (n--) {
+    r <<= 1;
+    if (r & (1ull << 32)) r ^= kPolyNormal;
+  }
+  return static_cast<uint32_t>(r);
+}
+
+// A residue as the 64-bit multiplier of a fold: in a lane loaded from memory, bit i is the
+// coefficient of x^(63-i), and a carry-less product of two such lanes is their product
+// times x; so the multiplier for "times x^m" is x^(m-1) mod P placed that way.
+uint64_t FoldConstant(unsigned m) {
+  uint32_t r = XPowModP(m - 1);
+  uint64_t c = 0;
+  for (int d = 0; d < 32; ++d)
+    if (r >> d & 1) c |= 1ull << (63 - d);
+  return c;
+}
+
 struct Tables {
   uint32_t byte[8][256];
-  ShiftTable long_shift, short_shift, page_shift;
-  bool hw = false;
+  ShiftTable long_shift, short_shift, page_shift, hybrid_lane_shift, hybrid_tail_shift;
+  // Fold multipliers {low qword: times x^(64+D), high qword: times x^D} for D = 1024,
+  // 256 and 128 bits.
+  alignas(32) uint64_t fold1024[4], fold256[2], fold128[2];
+  bool hw = false, clmul = false;
   Tables() {
     for (uint32_t n = 0; n < 256; ++n) {
       uint32_t c = n;
@@ -75,8 +110,17 @@ struct Tables {
     long_shift.Build(kLong);
     short_shift.Build(kShort);
     page_shift.Build(kPageLane);
+    hybrid_lane_shift.Build(kHybridLane);
+    hybrid_tail_shift.Build(3 * kHybridLane);
+    fold1024[0] = fold1024[2] = FoldConstant(64 + 1024);
+    fold1024[1] = fold1024[3] = FoldConstant(1024);
+    fold256[0] = FoldConstant(64 + 256);
+    fold256[1] = FoldConstant(256);
+    fold128[0] = FoldConstant(64 + 128);
+    fold128[1] = FoldConstant(128);
     __builtin_cpu_init();
     hw = __builtin_cpu_supports("sse4.2");
+    clmul = hw && __builtin_cpu_supports("avx2") && __builtin_cpu_supports("pclmul") && __builtin_cpu_supports("vpclmulqdq");
   }
 };
 
@@ -181,10 +225,89 @@ __attribute__((target("sse4.2"))) uint32_t HardPageCopy(uint8_t* dst, const uint
   return ~static_cast<uint32_t>(c0);
 }
 
+#define REMUS_HYBRID_TARGET __attribute__((target("sse4.2,avx2,pclmul,vpclmulqdq")))
+
+REMUS_HYBRID_TARGET inline __m256i load(const uint8_t* a) { return _mm256_loadu_si256(reinterpret_cast<const __m256i*>(a)); }
+REMUS_HYBRID_TARGET inline void store(uint8_t* a, __m256i v) { _mm256_storeu_si256(reinterpret_cast<__m256i*>(a), v); }
+
+REMUS_HYBRID_TARGET inline __m256i Fold(__m256i x, __m256i k) {
+  return _mm256_xor_si256(_mm256_clmulepi64_epi128(x, k, 0x00), _mm256_clmulepi64_epi128(x, k, 0x11));
+}
+
+// One page with both of the core's CRC units busy at once: the vector unit folds the first
+// kFoldBytes (four 256-bit accumulators, the usual carry-less folding of a CRC) while the
+// integer unit runs three `crc32` lanes over the rest; they are joined at the end by shift
+// tables. On the EPYC this was written on, `crc32` alone reaches 8 bytes a cycle and the
+// folding alone about as much; together a page takes ~120 ns instead of ~195 (in cache).
+// With Copy, every byte loaded is also stored to dst (the checksum is of what was written).
+template <bool Copy>
+REMUS_HYBRID_TARGET uint32_t HybridPage(uint8_t* dst, const uint8_t* p, const uint8_t* next, const Tables& t) {
+  __m256i y0 = load(p), y1 = load(p + 32), y2 = load(p + 64), y3 = load(p + 96);
+  if (Copy) {
+    store(dst, y0);
+    store(dst + 32, y1);
+    store(dst + 64, y2);
+    store(dst + 96, y3);
+  }
+  y0 = _mm256_xor_si256(y0, _mm256_set_epi64x(0, 0, 0, 0xffffffffll));  // the initial value ~0
+  const __m256i k = _mm256_load_si256(reinterpret_cast<const __m256i*>(t.fold1024));
+  const uint8_t* b = p + kFoldBytes;
+  uint64_t c0 = 0, c1 = 0, c2 = 0;
+  for (size_t i = 128, j = 0; i < kFoldBytes; i += 128, j += 40) {
+    __m256i d0 = load(p + i), d1 = load(p + i + 32), d2 = load(p + i + 64), d3 = load(p + i + 96);
+    if (next) {
+      const uint8_t* q = next + (i - 128) * 2;
+      _mm_prefetch(reinterpret_cast<const char*>(q), _MM_HINT_T0);
+      _mm_prefetch(reinterpret_cast<const char*>(q + 64), _MM_HINT_T0);
+      _mm_prefetch(reinterpret_cast<const char*>(q + 128), _MM_HINT_T0);
+      _mm_prefetch(reinterpret_cast<const char*>(q + 192), _MM_HINT_T0);
+    }
+    if (Copy) {
+      store(dst + i, d0);
+      store(dst + i + 32, d1);
+      store(dst + i + 64, d2);
+      store(dst + i + 96, d3);
+    }
+    y0 = _mm256_xor_si256(Fold(y0, k), d0);
+    y1 = _mm256_xor_si256(Fold(y1, k), d1);
+    y2 = _mm256_xor_si256(Fold(y2, k), d2);
+    y3 = _mm256_xor_si256(Fold(y3, k), d3);
+#pragma GCC unroll 5
+    for (size_t w = j; w < j + 40; w += 8) {
+      uint64_t w0 = Load64(b + w), w1 = Load64(b + kHybridLane + w), w2 = Load64(b + 2 * kHybridLane + w);
+      c0 = _mm_crc32_u64(c0, w0);
+      c1 = _mm_crc32_u64(c1, w1);
+      c2 = _mm_crc32_u64(c2, w2);
+      if (Copy) {
+        memcpy(dst + kFoldBytes + w, &w0, 8);
+        memcpy(dst + kFoldBytes + kHybridLane + w, &w1, 8);
+        memcpy(dst + kFoldBytes + 2 * kHybridLane + w, &w2, 8);
+      }
+    }
+  }
+  // The accumulators cover consecutive 32-byte pieces of the last 128 bytes: fold each
+  // into the next, then the two halves of the last; what remains is congruent to the
+  // folded bytes, and `crc32` of those 16 bytes from 0 is their CRC state.
+  const __m256i k256 = _mm256_broadcastsi128_si256(_mm_load_si128(reinterpret_cast<const __m128i*>(t.fold256)));
+  y1 = _mm256_xor_si256(y1, Fold(y0, k256));
+  y2 = _mm256_xor_si256(y2, Fold(y1, k256));
+  y3 = _mm256_xor_si256(y3, Fold(y2, k256));
+  const __m128i k128 = _mm_load_si128(reinterpret_cast<const __m128i*>(t.fold128));
+  const __m128i lo = _mm256_castsi256_si128(y3);
+  const __m128i x = _mm_xor_si128(_mm_xor_si128(_mm_clmulepi64_si128(lo, k128, 0x00), _mm_clmulepi64_si128(lo, k128, 0x11)),
+                                  _mm256_extracti128_si256(y3, 1));
+  uint64_t folded = _mm_crc32_u64(_mm_crc32_u64(0, static_cast<uint64_t>(_mm_cvtsi128_si64(x))),
+                                  static_cast<uint64_t>(_mm_extract_epi64(x, 1)));
+  uint32_t lanes = t.hybrid_lane_shift.Apply(static_cast<uint32_t>(c0)) ^ static_cast<uint32_t>(c1);
+  lanes = t.hybrid_lane_shift.Apply(lanes) ^ static_cast<uint32_t>(c2);
+  return ~(t.hybrid_tail_shift.Apply(static_cast<uint32_t>(folded)) ^ lanes);
+}
+
 }  // namespace
 
-uint32_t Crc32cPageCopy(uint8_t* dst, const uint8_t* src) {
+uint32_t Crc32cPageCopy(uint8_t* dst, const uint8_t* src, const uint8_t* next) {
   const Tables& t = T();
+  if (t.clmul) return HybridPage<true>(dst, src, next, t);
   if (t.hw) return HardPageCopy(dst, src, t);
   memcpy(dst, src, 4096);
   return ~SoftRaw(~0u, dst, 4096, t);
@@ -202,9 +325,18 @@ uint32_t Crc32cPortable(uint32_t crc, const void* data, size_t len) {
 
 uint32_t Crc32cPage(const uint8_t* page) {
   const Tables& t = T();
+  if (t.clmul) return HybridPage<false>(nullptr, page, nullptr, t);
   return t.hw ? HardPage(page, t) : ~SoftRaw(~0u, page, 4096, t);
 }
 
-const char* Crc32cImplementation() { return T().hw ? "sse4.2" : "portable"; }
+uint32_t Crc32cPageSse42(const uint8_t* page) {
+  const Tables& t = T();
+  return t.hw ? HardPage(page, t) : ~SoftRaw(~0u, page, 4096, t);
+}
+
+const char* Crc32cImplementation() {
+  const Tables& t = T();
+  return t.clmul ? "vpclmulqdq+sse4.2" : t.hw ? "sse4.2" : "portable";
+}
 
 }  // namespace remus

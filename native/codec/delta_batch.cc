@@ -280,7 +280,7 @@ std::string ApplyBatch(const ParsedBatch& batch, const uint8_t* bases, size_t ba
       memcpy(dst, body + e.offset, kPage);
     } else {
       // Copy and checksum in one pass: what is checked is what is applied.
-      uint32_t have = Crc32cPageCopy(dst, bases + j * kPage);
+      uint32_t have = Crc32cPageCopy(dst, bases + j * kPage, j + 1 < batch.delta ? bases + (j + 1) * kPage : nullptr);
       ++j;
       if (have != e.base_crc)
         return VersionMismatch(e.addr, e.base_crc, have);

@@ -382,13 +382,30 @@ struct PagesOut {
   std::unique_ptr<PageBuffer> pooled;
   std::unique_ptr<uint8_t[]> heap;
   size_t size = 0;
-  void Allocate(size_t n) {
+  // Set by Borrow: the caller's Buffer (held by its reference), written in place and
+  // returned as a view of its first `size` bytes: no new ArrayBuffer per batch.
+  uint8_t* borrowed = nullptr;
+  size_t borrowed_len = 0;
+  Napi::Reference<Napi::Buffer<uint8_t>> borrowed_ref;
+  void Borrow(Napi::Buffer<uint8_t> buf) {
+    borrowed = buf.Data();
+    borrowed_len = buf.Length();
+    borrowed_ref = Napi::Persistent(buf);
+  }
+  // "" or why the output cannot take n bytes.
+  std::string Allocate(size_t n) {
     size = n;
+    if (borrowed) return n <= borrowed_len ? "" : "out: " + std::to_string(borrowed_len) + " bytes for " + std::to_string(n / kPage) + " pages with data (" + std::to_string(n) + " needed)";
     if (n >= kPoolFrom) pooled = OutputPool().Take(n);
     else if (n) heap.reset(new uint8_t[n]);
+    return "";
   }
-  uint8_t* data() { return pooled ? pooled->data() : heap.get(); }
-  Napi::Buffer<uint8_t> ToJs(Napi::Env env) {
+  uint8_t* data() { return borrowed ? borrowed : pooled ? pooled->data() : heap.get(); }
+  Napi::Value ToJs(Napi::Env env) {
+    if (borrowed) {
+      Napi::Buffer<uint8_t> buf = borrowed_ref.Value();
+      return buf.Get("subarray").As<Napi::Function>().Call(buf, {Napi::Number::New(env, 0), Napi::Number::New(env, static_cast<double>(size))});
+    }
     if (size == 0) return Napi::Buffer<uint8_t>::New(env, 0);
     if (pooled) {
       uint8_t* data = pooled->data();
@@ -418,7 +435,8 @@ struct PagesOut {
 
 // Applies `b` into a fresh output; "" or the error.
 std::string Apply(const ParsedBatch& b, const uint8_t* bases, size_t bases_len, PagesOut* pages, DecodedBatch* out) {
-  pages->Allocate((b.full + b.delta) * kPage);
+  std::string err = pages->Allocate((b.full + b.delta) * kPage);
+  if (!err.empty()) return err;
   return ApplyBatch(b, bases, bases_len, pages->data(), out);
 }
 
@@ -490,9 +508,10 @@ class ParseWorker : public Napi::AsyncWorker {
 
 class ApplyWorker : public Napi::AsyncWorker {
  public:
-  ApplyWorker(Napi::Env env, BatchPtr batch, Napi::Value data, Napi::Buffer<uint8_t> bases)
+  ApplyWorker(Napi::Env env, BatchPtr batch, Napi::Value data, Napi::Buffer<uint8_t> bases, Napi::Value out)
       : Napi::AsyncWorker(env, "remus-delta-apply"), deferred_(Napi::Promise::Deferred::New(env)), batch_(std::move(batch)),
         bases_ref_(Napi::Persistent(bases)), bases_(bases.Data()), bases_len_(bases.Length()) {
+    if (out.IsBuffer()) pages_.Borrow(out.As<Napi::Buffer<uint8_t>>());
     if (!batch_) {
       auto buf = data.As<Napi::Buffer<uint8_t>>();
       data_ref_ = Napi::Persistent(buf);
@@ -619,17 +638,19 @@ Napi::Value ParseBatchSyncJs(const Napi::CallbackInfo& info) {
 BatchPtr BatchArg(const Napi::CallbackInfo& info, const char* op) {
   Napi::Env env = info.Env();
   if (info.Length() < 2 || !info[1].IsBuffer())
-    throw Napi::TypeError::New(env, std::string(op) + "(batch: handle from parseBatch | Buffer, bases: Buffer)");
+    throw Napi::TypeError::New(env, std::string(op) + "(batch: handle from parseBatch | Buffer, bases: Buffer, out?: Buffer)");
   BatchPtr b = FromHandle(env, info[0]);
   if (!b && !info[0].IsBuffer())
     throw Napi::TypeError::New(env, std::string(op) + ": batch must be the handle parseBatch returned, or the batch's bytes");
+  if (info.Length() > 2 && !info[2].IsUndefined() && !info[2].IsBuffer())
+    throw Napi::TypeError::New(env, std::string(op) + ": out, when given, must be a Buffer");
   return b;
 }
 
 Napi::Value ApplyBatchJs(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
   BatchPtr b = BatchArg(info, "applyBatch");
-  auto* w = new ApplyWorker(env, std::move(b), info[0], info[1].As<Napi::Buffer<uint8_t>>());
+  auto* w = new ApplyWorker(env, std::move(b), info[0], info[1].As<Napi::Buffer<uint8_t>>(), info.Length() > 2 ? info[2] : env.Undefined());
   Napi::Promise p = w->Promise();
   w->Queue();
   return p;
@@ -647,6 +668,7 @@ Napi::Value ApplyBatchSyncJs(const Napi::CallbackInfo& info) {
   auto bases = info[1].As<Napi::Buffer<uint8_t>>();
   DecodedBatch out;
   PagesOut pages;
+  if (info.Length() > 2 && info[2].IsBuffer()) pages.Borrow(info[2].As<Napi::Buffer<uint8_t>>());
   std::string err = Apply(*b, bases.Data(), bases.Length(), &pages, &out);
   if (!err.empty()) throw Napi::Error::New(env, "applyBatchSync: " + err);
   return DecodedToJs(env, out, pages);
@@ -675,12 +697,23 @@ Napi::Value ReleaseDecodedJs(const Napi::CallbackInfo& info) {
 
 Napi::Value Crc32cJs(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
-  if (info.Length() < 1 || !info[0].IsBuffer()) throw Napi::TypeError::New(env, "crc32c(data: Buffer, portable?: boolean)");
+  const char* usage = "crc32c(data: Buffer, path?: true | 'portable' | 'sse4.2' | 'copy')";
+  if (info.Length() < 1 || !info[0].IsBuffer()) throw Napi::TypeError::New(env, usage);
   auto b = info[0].As<Napi::Buffer<uint8_t>>();
-  bool portable = info.Length() > 1 && info[1].ToBoolean();
-  uint32_t c = portable ? Crc32cPortable(0, b.Data(), b.Length())
-               : b.Length() == kPage ? Crc32cPage(b.Data())
-                                     : Crc32c(0, b.Data(), b.Length());
+  // The default is what the codec uses; the other paths are there for tests and benches.
+  std::string path = info.Length() < 2 || info[1].IsUndefined() ? "auto"
+                     : info[1].IsBoolean()                     ? (info[1].As<Napi::Boolean>().Value() ? "portable" : "auto")
+                     : info[1].IsString()                      ? info[1].As<Napi::String>().Utf8Value()
+                                                               : "?";
+  if (path == "auto") return Napi::Number::New(env, b.Length() == kPage ? Crc32cPage(b.Data()) : Crc32c(0, b.Data(), b.Length()));
+  if (path == "portable") return Napi::Number::New(env, Crc32cPortable(0, b.Data(), b.Length()));
+  if (path != "sse4.2" && path != "copy") throw Napi::TypeError::New(env, usage);
+  if (b.Length() != kPage) throw Napi::RangeError::New(env, "crc32c: the '" + path + "' path takes exactly one page (4096 bytes)");
+  if (path == "sse4.2") return Napi::Number::New(env, Crc32cPageSse42(b.Data()));
+  // 'copy': the decoder's fused copy-and-check; the copy must be exact too.
+  std::vector<uint8_t> out(kPage);
+  uint32_t c = Crc32cPageCopy(out.data(), b.Data());
+  if (memcmp(out.data(), b.Data(), kPage) != 0) throw Napi::Error::New(env, "crc32c: the copying path wrote other bytes than it read");
   return Napi::Number::New(env, c);
 }
 

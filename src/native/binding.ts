@@ -181,16 +181,23 @@ export interface NativeAddon {
   /** Checks a delta batch whole (header, LZ4, CRC, every entry); off the JS thread. */
   parseBatch(data: Buffer, options?: { pages?: boolean }): Promise<ParsedDeltaBatch>;
   parseBatchSync(data: Buffer, options?: { pages?: boolean }): ParsedDeltaBatch;
-  /** `bases`: the standby's version of each needBase page (zeros where none), in order. Off the JS thread. */
-  applyBatch(batch: ParsedBatchHandle | Buffer, bases: Buffer): Promise<AppliedDeltaBatch>;
-  applyBatchSync(batch: ParsedBatchHandle | Buffer, bases: Buffer): AppliedDeltaBatch;
+  /**
+   * `bases`: the standby's version of each needBase page (zeros where none), in order; each is
+   * copied into its slot and checked in one pass. Off the JS thread. `out`: decode into this
+   * Buffer (at least (full + delta) pages; `pages` is then a view of it, and nothing may use
+   * it until the promise settles) instead of a pooled one: no new buffer per batch.
+   */
+  applyBatch(batch: ParsedBatchHandle | Buffer, bases: Buffer, out?: Buffer): Promise<AppliedDeltaBatch>;
+  applyBatchSync(batch: ParsedBatchHandle | Buffer, bases: Buffer, out?: Buffer): AppliedDeltaBatch;
   /** `pages` holds each needBase page at its needSlot; checked and patched in place, FULL pages copied in. Off the JS thread. */
   applyBatchInPlace(batch: ParsedBatchHandle, pages: Buffer): Promise<AppliedDeltaBatch>;
   applyBatchInPlaceSync(batch: ParsedBatchHandle, pages: Buffer): AppliedDeltaBatch;
   /** Gives decoded `pages` back for reuse now (the Buffer is emptied); anything else: no-op. */
   releaseDecoded(pages: Buffer): void;
-  crc32c(data: Buffer, portable?: boolean): number;
-  codecInfo(): { crc32c: 'sse4.2' | 'portable'; diff: 'avx2' | 'sse2'; formatVersion: number; maxBatchPages: number };
+  /** CRC-32C; `path` picks an implementation for tests ('sse4.2' and 'copy' take one page). */
+  crc32c(data: Buffer, path?: true | 'portable' | 'sse4.2' | 'copy'): number;
+  /** crc32c: the implementation of the page path (the version check). */
+  codecInfo(): { crc32c: 'vpclmulqdq+sse4.2' | 'sse4.2' | 'portable'; diff: 'avx2' | 'sse2'; formatVersion: number; maxBatchPages: number };
   codecBench: NativeCodecBench;
   /** prctl(PR_SET_CHILD_SUBREAPER): orphaned descendants (restored processes) become our children. */
   setChildSubreaper(): void;
