@@ -262,6 +262,40 @@ describe('page-delta codec: shadow cache', () => {
   });
 });
 
+describe('page-delta codec: output buffers', () => {
+  it('a released output is decoded into again; one not released is not; a refused message gives its buffer back', async () => {
+    const { enc, dec, store } = codec();
+    const rnd = mulberry32(14);
+    const addrs = addrsOf(8);
+    let cur = Buffer.concat(addrs.map(() => heapLikePage(rnd)));
+    await roundTrip(enc, dec, store, addrs, cur);
+    const next = () => { cur = Buffer.from(cur); for (let i = 0; i < 8; i++) cur[i * P + Math.floor(rnd() * P)] ^= 0x11; return cur; };
+    const decodeNext = async () => {
+      const v = next();
+      const d = await dec.decode(await enc.encode(BigUint64Array.from(addrs), v), store.readBase);
+      expect(compareDecoded(addrs, v, d)).toBeNull();
+      store.apply(d);
+      return d;
+    };
+    const d1 = await decodeNext();
+    const held = await decodeNext(); // not released: the next output must be another buffer
+    expect(held.pages.buffer).not.toBe(d1.pages.buffer);
+    dec.release(d1);
+    const d2 = await decodeNext();
+    expect(d2.pages.buffer).toBe(d1.pages.buffer); // decoded into the released memory, correctly (checked above)
+    expect(held.pages.buffer).not.toBe(d2.pages.buffer);
+    dec.release(d2);
+    // A message refused by the version check hands its output back at once.
+    const v = next();
+    const msg = await enc.encode(BigUint64Array.from(addrs), v);
+    await expect(dec.decode(msg, async () => null)).rejects.toThrow(/version check failed/);
+    const d3 = await dec.decode(msg, store.readBase);
+    expect(d3.pages.buffer).toBe(d1.pages.buffer);
+    expect(compareDecoded(addrs, v, d3)).toBeNull();
+    enc.close();
+  });
+});
+
 describe('page-delta codec: the version check', () => {
   it('a delta against another version of the base is refused, naming the page; nothing is returned', async () => {
     const { enc, dec, store } = codec();

@@ -12,13 +12,13 @@
 //
 // Standby: DeltaPageDecoder decodes in two native steps around the store: parse (checks
 // the whole message: header, LZ4, checksum, every entry and run; lists the pages whose
-// base it needs and hands out the output buffer), then, with those bases read from the
-// store into their slots of the output, apply in place (off the event loop).
+// base it needs), then, with those bases read from the store into their slots of an output
+// buffer (reused once the caller releases it), apply in place (off the event loop).
 // Each DELTA carries the CRC-32C of the version it was made against: the version check.
 // A base with another checksum refuses the message (which page, both checksums), and
 // nothing is returned, so nothing reaches the store. Other codecs ('lz4', 'raw') are
 // decoded as before, so one standby understands any primary.
-import { native, type DeltaEncodeStats, type NativeShadowCache, type ShadowCacheStats } from '../native/binding.js';
+import { native, type DeltaEncodeStats, type NativeShadowCache, type ParsedDeltaBatch, type ShadowCacheStats } from '../native/binding.js';
 import {
   Lz4PageDecoder, PAGE_SIZE, addrsToBuffer, bufferToAddrs,
   type DecodedPages, type EncodedPages, type PageDecoder, type PageEncoder, type ReadBase, type ReadBaseInto,
@@ -145,6 +145,34 @@ export class DeltaPageEncoder implements PageEncoder {
 
 export class DeltaPageDecoder implements PageDecoder {
   readonly #fallback = new Lz4PageDecoder();
+  /**
+   * Output buffers given back by release(), for the next messages: V8 starts a full GC every
+   * ~64 MiB of new buffers, external ones included, so a new buffer per message kept it
+   * collecting every few milliseconds (FACTS.md). At most SPARE_BUFFERS are kept.
+   */
+  readonly #spare: Buffer[] = [];
+  /** Each output handed out (a view) and the buffer it is a view of. */
+  readonly #lent = new WeakMap<Buffer, Buffer>();
+  static readonly SPARE_BUFFERS = 4;
+  /** Outputs are allocated for at least this many pages (a frame of the primary's encoder). */
+  static readonly MIN_OUTPUT_PAGES = 256;
+
+  #take(bytes: number): Buffer {
+    if (bytes === 0) return Buffer.alloc(0);
+    const i = this.#spare.findIndex((b) => b.length >= bytes);
+    const buf = i >= 0 ? this.#spare.splice(i, 1)[0]! : Buffer.allocUnsafeSlow(Math.max(bytes, DeltaPageDecoder.MIN_OUTPUT_PAGES * PAGE_SIZE));
+    const view = buf.subarray(0, bytes);
+    this.#lent.set(view, buf);
+    return view;
+  }
+
+  #giveBack(view: Buffer): boolean {
+    const buf = this.#lent.get(view);
+    if (!buf) return false;
+    this.#lent.delete(view);
+    if (this.#spare.length < DeltaPageDecoder.SPARE_BUFFERS) this.#spare.push(buf);
+    return true;
+  }
 
   /**
    * Decodes one `pages` message. For codec 'delta', `readBase` gives the standby's current
@@ -160,15 +188,25 @@ export class DeltaPageDecoder implements PageDecoder {
     const n = native();
     let parsed;
     try {
-      parsed = await n.parseBatch(msg.data, { pages: true });
+      parsed = await n.parseBatch(msg.data);
     } catch (e) {
       throw new PageCodecError(`pages: ${(e as Error).message}`, 'invalid', { cause: e });
     }
     if (msg.rawBytes !== (parsed.full + parsed.delta) * PAGE_SIZE)
       throw new PageCodecError(`pages: rawBytes ${msg.rawBytes} does not match the ${parsed.full + parsed.delta} pages with data in the batch`);
-    // Each base goes straight into its slot of the output (pooled, faulted-in memory); the
-    // native step checks and patches it there.
-    const pages = parsed.pages!;
+    // Each base goes straight into its slot of the output (a reused buffer); the native step
+    // checks and patches it there.
+    const pages = this.#take((parsed.full + parsed.delta) * PAGE_SIZE);
+    try {
+      return await this.#applyInPlace(parsed, pages, readBase);
+    } catch (e) {
+      this.#giveBack(pages);
+      throw e;
+    }
+  }
+
+  async #applyInPlace(parsed: ParsedDeltaBatch, pages: Buffer, readBase?: ReadBase | { into: ReadBaseInto }): Promise<DecodedPages> {
+    const n = native();
     if (parsed.delta) {
       if (!readBase) throw new PageCodecError(`pages: the batch has ${parsed.delta} delta pages but no readBase was given`);
       const need = bufferToAddrs(parsed.needBase);
@@ -193,16 +231,16 @@ export class DeltaPageDecoder implements PageDecoder {
       const m = (e as Error).message;
       throw new PageCodecError(`pages: ${m}`, m.includes('version check failed') ? 'version-mismatch' : 'invalid', { cause: e });
     }
-    return { addrs: bufferToAddrs(out.addrs), pages: out.pages, zeros: bufferToAddrs(out.zeros) };
+    return { addrs: bufferToAddrs(out.addrs), pages, zeros: bufferToAddrs(out.zeros) };
   }
 
   /**
    * Optional: hands the decoded pages' memory back for reuse as soon as the caller has
-   * copied them (the store's addPages has resolved); `d.pages` is empty afterwards.
-   * Without it they are reused after garbage collection; reuse avoids a page fault and a
-   * zeroing per decoded page.
+   * copied them (the store's addPages has resolved). `d.pages` must not be used afterwards:
+   * the next message is decoded into it (pages of other codecs are emptied instead).
+   * Without it each message gets a new buffer, collected by the garbage collector.
    */
   release(d: DecodedPages): void {
-    native().releaseDecoded(d.pages);
+    if (!this.#giveBack(d.pages)) native().releaseDecoded(d.pages);
   }
 }
