@@ -110,10 +110,10 @@ async function logTail(path: string): Promise<string> {
   try { return (await readFile(path, 'utf8')).split('\n').slice(-15).join('\n'); } catch { return '(no log)'; }
 }
 
-async function dumpBase(pid: number, dir: string): Promise<void> {
+async function dumpBase(pid: number, dir: string, extra: string[] = []): Promise<void> {
   await mkdir(dir, { recursive: true });
   try {
-    await run(criu, ['dump', '--leave-running', '-t', String(pid), '-D', dir, '-o', 'dump.log', '-v4'], { timeout: 60_000 });
+    await run(criu, ['dump', '--leave-running', '-t', String(pid), '-D', dir, '-o', 'dump.log', '-v4', ...extra], { timeout: 60_000 });
   } catch (e) {
     throw new Error(`criu dump failed: ${(e as Error).message}\n${await logTail(join(dir, 'dump.log'))}`);
   }
@@ -365,6 +365,44 @@ describe('buildEpochImage + criu restore', () => {
     expect(readlinkSync(`/proc/${c.pid}/fd/${logFd}`)).toBe(logPath);
     expect(existsSync(`/proc/${c.pid}/fd/${dataFd}`)).toBe(false);
     expect(field(await query(c.port, 'logwrite'), 'pos')).toBe(logPos + 6n);
+  });
+
+  it('restores an epoch after a connection the base holds was closed (its socket entry goes too)', async () => {
+    const c = await startCounter('k', ['--pages', '64']);
+    const tracker = await Tracker.attach(c.pid);
+    trackers.add(tracker);
+    // A client connects and says nothing yet: the counter holds the accepted connection
+    // (it waits up to 2 s for the command) while the base is dumped.
+    const sockets = (): number[] => readdirSync(`/proc/${c.pid}/fd`).map(Number).filter((fd) => /^socket:/.test(readlinkSync(`/proc/${c.pid}/fd/${fd}`)));
+    const before = sockets();
+    const client = net.connect(c.port, '127.0.0.1');
+    await new Promise<void>((resolve, reject) => client.once('connect', resolve).once('error', reject));
+    await sleep(50);
+    const connFd = sockets().find((fd) => !before.includes(fd));
+    expect(connFd, 'the accepted connection').toBeDefined();
+    await dumpBase(c.pid, join(work, 'k-base'), ['--tcp-established']);
+    const reply = new Promise<string>((resolve) => { let b = ''; client.on('data', (d) => { b += d; }).on('close', () => resolve(b)); });
+    client.end('get\n');
+    expect(await reply).toMatch(/^counter=/); // answered and closed: the epoch no longer has that descriptor
+    const paused = field(await query(c.port, 'pause'), 'counter');
+    const epoch = await capture(tracker);
+    await tracker.close();
+    trackers.delete(tracker);
+    await killAndWait(c);
+
+    const out = join(shm, 'k');
+    const byAddr = new Map<bigint, Buffer>();
+    for (const p of pagesFromRanges(epoch.ranges, epoch.pages)) byAddr.set(p.addr, p.data!);
+    const r = await buildEpochImage({ baseDir: join(work, 'k-base'), outDir: out, state: epoch.state, pages: (a) => byAddr.get(a) });
+    expect(r.files.closedFds).toEqual([connFd]);
+    expect(r.files.removedSockets).toBe(1);
+    // Left in files.img, that socket counted as a user of the listening port, and criu
+    // restore waited for it to be opened, for ever.
+    const socketEntries = parseImage(await readFile(join(out, 'files.img'))).entries.map((e) => Message.parse(e)).filter((m) => m.getUint(1) === 4n);
+    expect(socketEntries.length).toBe(1); // the listening socket
+    await restore(out, c.pid, ['--tcp-close']);
+    expect(field(await query(c.port, 'get'), 'counter')).toBe(paused);
+    expect(await query(c.port, 'check')).toMatch(/^ok/);
   });
 });
 

@@ -373,15 +373,27 @@ static void serve(int c) {
   char line[256];
   size_t len = 0;
   struct pollfd pfd = {c, POLLIN, 0};
-  while (len < sizeof line - 1 && poll(&pfd, 1, 2000) > 0) {
+  const char *why = NULL; /* why the line ended without its newline */
+  int err = 0;
+  while (len < sizeof line - 1) {
+    /* EINTR is retried, as servers do: a criu dump (our base image, a re-base) makes a
+     * poll with a timeout return it ("Will restore with interrupted system call"). */
+    int p = poll(&pfd, 1, 2000);
+    if (p < 0 && errno == EINTR) continue;
+    if (p <= 0) { why = p ? "poll" : "poll timed out"; err = errno; break; }
     ssize_t r = read(c, line + len, sizeof line - 1 - len);
-    if (r <= 0) break;
+    if (r < 0 && errno == EINTR) continue;
+    if (r <= 0) { why = r ? "read" : "eof"; err = errno; break; }
     len += (size_t)r;
     if (memchr(line, '\n', len)) break;
   }
   line[len] = 0;
   char out[512];
-  command(line, out, sizeof out - 1);
+  if (why && !memchr(line, '\n', len))
+    /* Say so rather than run half a command: a test then sees what cut it short. */
+    snprintf(out, sizeof out - 1, "err incomplete command after %zu bytes: %s%s%s", len, why, err ? ": " : "", err ? strerror(err) : "");
+  else
+    command(line, out, sizeof out - 1);
   strcat(out, "\n");
   ssize_t w = write(c, out, strlen(out));
   (void)w;

@@ -14,7 +14,8 @@
 // What an epoch can say about descriptors, applied in this order:
 //   1. the epoch's own table (EpochState.fds, read while the target was frozen): the fd
 //      table is reconciled with the base's: positions and sizes set; descriptors closed
-//      since the base are dropped from fdinfo; regular files opened since are added (a new
+//      since the base are dropped from fdinfo (a socket no descriptor refers to any more
+//      leaves files.img too); regular files opened since are added (a new
 //      FileEntry and FdinfoEntry); other new descriptors (sockets, pipes ...) cannot be made
 //      from an epoch and are reported as missing;
 //   2. `files` given to the builder (FileState[]): positions and sizes, on top; an fd the
@@ -25,6 +26,8 @@ import { ImageBuildError } from './errors.js';
 import { lenField, Message, varintField } from './protobuf.js';
 
 export const FD_TYPE_REG = 1n;
+/** FileEntry type of an IPv4/IPv6 socket (CRIU's FD_TYPES: 1 REG, 2 PIPE, ... 4 INETSK). */
+export const FD_TYPE_INETSK = 4n;
 const O_ACCMODE = 3;
 const O_WRONLY = 1;
 const O_APPEND = 0o2000;
@@ -58,6 +61,7 @@ export class FileTable {
   readonly #raw: Buffer[];
   readonly #msgs: Array<Message | undefined>;
   readonly #changed = new Set<number>();
+  readonly #removed = new Set<number>();
   readonly #byId = new Map<bigint, number>();
   readonly #regByName = new Map<string, bigint>();
   #nextId = 1n;
@@ -139,6 +143,19 @@ export class FileTable {
     this.#changed.add(i);
   }
 
+  /**
+   * Removes the entry `id`. For a socket no descriptor refers to any more: CRIU still
+   * collects every socket entry, counts it among the users of its port, and a listening
+   * socket on that port then waits at restore for it to be opened, for ever (an accepted
+   * connection the target closed after the base made `criu restore` hang).
+   */
+  remove(id: bigint): void {
+    const i = this.#byId.get(id);
+    if (i === undefined) return;
+    this.#byId.delete(id);
+    this.#removed.add(i);
+  }
+
   /** Entries of the base changed so far. */
   get changedCount(): number {
     return this.#changed.size;
@@ -159,7 +176,16 @@ export class FileTable {
 
   /** Every entry, the unchanged ones byte for byte. */
   entries(): Buffer[] {
-    return this.#raw.map((r, i) => (this.#changed.has(i) ? this.#msgs[i]!.serialize() : r));
+    const out: Buffer[] = [];
+    this.#raw.forEach((r, i) => {
+      if (!this.#removed.has(i)) out.push(this.#changed.has(i) ? this.#msgs[i]!.serialize() : r);
+    });
+    return out;
+  }
+
+  /** Entries removed (remove()). */
+  get removedCount(): number {
+    return this.#removed.size;
   }
 
   /** Regular-file ids named `path`. */
@@ -191,6 +217,8 @@ export interface FilesResult {
   addedFds: number[];
   /** Descriptors closed since the base, dropped from the image. */
   closedFds: number[];
+  /** Socket entries of files.img dropped with them (no descriptor left). */
+  removedSockets: number;
   /** What could not be carried over, as "fd N (target)". */
   missing: string[];
   /** Items of `files` that named nothing to set. */
@@ -227,7 +255,7 @@ export function applyFileStates(table: FileTable, fdinfo: readonly Buffer[], ite
       }
     }
   }
-  return { fdinfo: undefined, patched: ids.size, addedFds: [], closedFds: [], missing: [], skipped };
+  return { fdinfo: undefined, patched: ids.size, addedFds: [], closedFds: [], removedSockets: 0, missing: [], skipped };
 }
 
 function isReopenable(target: string): boolean {
@@ -239,7 +267,7 @@ export function reconcileFds(table: FileTable, fdinfo: readonly Buffer[], fds: r
   const rows = parseFdinfo(fdinfo);
   const now = new Map(fds.map((f) => [f.fd, f]));
   const out: FdinfoRow[] = [];
-  const result: FilesResult = { fdinfo: undefined, patched: 0, addedFds: [], closedFds: [], missing: [], skipped: [] };
+  const result: FilesResult = { fdinfo: undefined, patched: 0, addedFds: [], closedFds: [], removedSockets: 0, missing: [], skipped: [] };
   const patched = new Set<bigint>();
   const addNew = (f: FdWire): void => {
     if (f.size < 0 || !isReopenable(f.target) || !existsSync(f.target)) {
@@ -276,6 +304,16 @@ export function reconcileFds(table: FileTable, fdinfo: readonly Buffer[], fds: r
   }
   for (const f of now.values()) addNew(f);
   out.sort((a, b) => a.fd - b.fd);
+  // Sockets whose every descriptor was closed since the base go from files.img too (see
+  // FileTable.remove); other entries without a descriptor stay (mapped files have none).
+  const used = new Set(out.map((r) => r.id));
+  for (const row of rows) {
+    if (!used.has(row.id) && table.typeOf(row.id) === FD_TYPE_INETSK) {
+      table.remove(row.id);
+      used.add(row.id);
+      result.removedSockets++;
+    }
+  }
   result.patched = patched.size;
   result.fdinfo = out.map((r) => r.raw);
   return result;
