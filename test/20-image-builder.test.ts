@@ -406,6 +406,64 @@ describe('buildEpochImage + criu restore', () => {
   });
 });
 
+describe('buildEpochImage + criu restore: an epoll server', () => {
+  it('restores a Node.js server after a client it had at the base disconnected (epoll forgets it too)', async () => {
+    // Node.js waits in epoll: the base's eventpoll entry lists the client's descriptor;
+    // CRIU would re-add it at restore and fail (EBADF) on a descriptor the epoch no longer has.
+    const statusFile = join(work, 'ep.status');
+    const script = join(work, 'ep-server.cjs');
+    await writeFile(script, `
+      const net = require('node:net');
+      const fs = require('node:fs');
+      let served = 0;
+      const srv = net.createServer((c) => c.on('data', () => { served++; c.write('served=' + served + '\\n'); }));
+      srv.listen(0, '127.0.0.1', () => fs.writeFileSync(${JSON.stringify(statusFile)}, String(srv.address().port)));
+    `);
+    const proc = await spawnTarget(process.execPath, [script]);
+    keepers.add(proc);
+    pidsToKill.add(proc.pid);
+    for (let i = 0; !existsSync(statusFile); i++) {
+      if (i > 2000) throw new Error('the server wrote no status file');
+      await sleep(5);
+    }
+    const port = Number(readFileSync(statusFile, 'utf8'));
+    const ask = (sock: net.Socket): Promise<string> => new Promise((resolve) => { sock.once('data', (d) => resolve(d.toString().trim())); sock.write('x\n'); });
+    const tracker = await Tracker.attach(proc.pid);
+    trackers.add(tracker);
+    const held = net.connect(port, '127.0.0.1');
+    await new Promise<void>((resolve, reject) => held.once('connect', resolve).once('error', reject));
+    expect(await ask(held)).toBe('served=1');
+    await dumpBase(proc.pid, join(work, 'ep-base'), ['--tcp-established']);
+    held.destroy();
+    const other = net.connect(port, '127.0.0.1');
+    await new Promise<void>((resolve) => other.once('connect', resolve));
+    expect(await ask(other)).toBe('served=2');
+    other.destroy();
+    await sleep(200); // the server has closed both descriptors
+    const epoch = await capture(tracker);
+    await tracker.close();
+    trackers.delete(tracker);
+    process.kill(proc.pid, 'SIGKILL');
+    await proc.exited;
+    for (let i = 0; existsSync(`/proc/${proc.pid}`); i++) {
+      if (i > 2000) throw new Error(`/proc/${proc.pid} still there`);
+      await sleep(5);
+    }
+
+    const out = join(shm, 'ep');
+    const byAddr = new Map<bigint, Buffer>();
+    for (const p of pagesFromRanges(epoch.ranges, epoch.pages)) byAddr.set(p.addr, p.data!);
+    const r = await buildEpochImage({ baseDir: join(work, 'ep-base'), outDir: out, state: epoch.state, pages: (a) => byAddr.get(a) });
+    expect(r.files.closedFds.length).toBeGreaterThanOrEqual(1);
+    expect(r.files.epollTargetsRemoved).toBeGreaterThanOrEqual(1); // the held client's descriptor
+    await restore(out, proc.pid, ['--tcp-close']);
+    const again = net.connect(port, '127.0.0.1');
+    await new Promise<void>((resolve, reject) => again.once('connect', resolve).once('error', reject));
+    expect(await ask(again)).toBe('served=3'); // the epoch's count, and it serves
+    again.destroy();
+  });
+});
+
 describe('buildEpochImage errors', () => {
   let c: Counter;
   let epoch: CapturedEpoch;

@@ -15,7 +15,8 @@
 //   1. the epoch's own table (EpochState.fds, read while the target was frozen): the fd
 //      table is reconciled with the base's: positions and sizes set; descriptors closed
 //      since the base are dropped from fdinfo (a socket no descriptor refers to any more
-//      leaves files.img too); regular files opened since are added (a new
+//      leaves files.img too, and epoll instances forget them); regular files opened since
+//      are added (a new
 //      FileEntry and FdinfoEntry); other new descriptors (sockets, pipes ...) cannot be made
 //      from an epoch and are reported as missing;
 //   2. `files` given to the builder (FileState[]): positions and sizes, on top; an fd the
@@ -28,6 +29,11 @@ import { lenField, Message, varintField } from './protobuf.js';
 export const FD_TYPE_REG = 1n;
 /** FileEntry type of an IPv4/IPv6 socket (CRIU's FD_TYPES: 1 REG, 2 PIPE, ... 4 INETSK). */
 export const FD_TYPE_INETSK = 4n;
+/** FileEntry type of an epoll instance (7 EVENTPOLL): field 9 epfd, its targets in field 4. */
+export const FD_TYPE_EVENTPOLL = 7n;
+const EPFD_FIELD = 9;
+const EPFD_TFD = 4;     // EventpollFileEntry.tfd: repeated EventpollTfdEntry
+const TFD_FD = 2;       // EventpollTfdEntry.tfd: the watched descriptor's number
 const O_ACCMODE = 3;
 const O_WRONLY = 1;
 const O_APPEND = 0o2000;
@@ -156,6 +162,27 @@ export class FileTable {
     this.#removed.add(i);
   }
 
+  /**
+   * Removes from every epoll instance the targets whose descriptor number is not in `keep`:
+   * CRIU re-adds each target at restore (epoll_ctl ADD on that number) and fails the whole
+   * restore with EBADF on one the process closed since the base. Returns how many went.
+   */
+  pruneEpollTargets(keep: ReadonlySet<number>): number {
+    let n = 0;
+    this.#msgs.forEach((m, i) => {
+      if (this.#removed.has(i) || m!.getUint(1) !== FD_TYPE_EVENTPOLL) return;
+      const ep = m!.getMessage(EPFD_FIELD);
+      if (!ep) return;
+      const tfds = ep.all(EPFD_TFD);
+      const kept = tfds.filter((f) => keep.has(Number(Message.parse(f.value).getUint(TFD_FD) ?? -1n)));
+      if (kept.length === tfds.length) return;
+      n += tfds.length - kept.length;
+      m!.setMessage(EPFD_FIELD, ep.setRepeatedMessage(EPFD_TFD, kept.map((f) => f.value)));
+      this.#changed.add(i);
+    });
+    return n;
+  }
+
   /** Entries of the base changed so far. */
   get changedCount(): number {
     return this.#changed.size;
@@ -219,6 +246,8 @@ export interface FilesResult {
   closedFds: number[];
   /** Socket entries of files.img dropped with them (no descriptor left). */
   removedSockets: number;
+  /** Epoll targets dropped with them (descriptors an epoll instance watched at the base). */
+  epollTargetsRemoved: number;
   /** What could not be carried over, as "fd N (target)". */
   missing: string[];
   /** Items of `files` that named nothing to set. */
@@ -255,7 +284,7 @@ export function applyFileStates(table: FileTable, fdinfo: readonly Buffer[], ite
       }
     }
   }
-  return { fdinfo: undefined, patched: ids.size, addedFds: [], closedFds: [], removedSockets: 0, missing: [], skipped };
+  return { fdinfo: undefined, patched: ids.size, addedFds: [], closedFds: [], removedSockets: 0, epollTargetsRemoved: 0, missing: [], skipped };
 }
 
 function isReopenable(target: string): boolean {
@@ -267,7 +296,7 @@ export function reconcileFds(table: FileTable, fdinfo: readonly Buffer[], fds: r
   const rows = parseFdinfo(fdinfo);
   const now = new Map(fds.map((f) => [f.fd, f]));
   const out: FdinfoRow[] = [];
-  const result: FilesResult = { fdinfo: undefined, patched: 0, addedFds: [], closedFds: [], removedSockets: 0, missing: [], skipped: [] };
+  const result: FilesResult = { fdinfo: undefined, patched: 0, addedFds: [], closedFds: [], removedSockets: 0, epollTargetsRemoved: 0, missing: [], skipped: [] };
   const patched = new Set<bigint>();
   const addNew = (f: FdWire): void => {
     if (f.size < 0 || !isReopenable(f.target) || !existsSync(f.target)) {
@@ -304,6 +333,10 @@ export function reconcileFds(table: FileTable, fdinfo: readonly Buffer[], fds: r
   }
   for (const f of now.values()) addNew(f);
   out.sort((a, b) => a.fd - b.fd);
+  // Epoll instances forget the descriptors that are not the base's any more (closed, or
+  // reused for another file, which the process may not have added to the instance).
+  const fromBase = new Set(rows);
+  result.epollTargetsRemoved = table.pruneEpollTargets(new Set(out.filter((r) => fromBase.has(r)).map((r) => r.fd)));
   // Sockets whose every descriptor was closed since the base go from files.img too (see
   // FileTable.remove); other entries without a descriptor stay (mapped files have none).
   const used = new Set(out.map((r) => r.id));

@@ -384,7 +384,7 @@ async function build(o: BuildEpochImageOptions, started: { out: boolean }): Prom
   // --- files --------------------------------------------------------------------------------
   const tFiles = performance.now();
   const fdinfo = await rd(fdinfoName, Magic.FDINFO);
-  let fr: FilesResult = { fdinfo: undefined, patched: 0, addedFds: [], closedFds: [], removedSockets: 0, missing: [], skipped: [] };
+  let fr: FilesResult = { fdinfo: undefined, patched: 0, addedFds: [], closedFds: [], removedSockets: 0, epollTargetsRemoved: 0, missing: [], skipped: [] };
   if (reconcile) fr = reconcileFds(fileTable, fdinfo.entries, state.fds);
   if (o.files?.length) {
     const x = applyFileStates(fileTable, fr.fdinfo ?? fdinfo.entries, o.files);
