@@ -158,14 +158,12 @@ std::vector<OpenFd> ReadFds(pid_t pid) {
     ssize_t n = readlink(link.c_str(), buf, sizeof buf - 1);
     if (n < 0) continue;  // closed meanwhile
     f.target.assign(buf, static_cast<size_t>(n));
-    std::string info;
-    if (ReadProcFile(base + "/fdinfo/" + e->d_name, info)) {
-      // "pos:\t0\nflags:\t0100002\nmnt_id:\t..."
-      size_t at = info.find("pos:");
-      if (at != std::string::npos) f.pos = strtoull(info.c_str() + at + 4, nullptr, 10);
-      at = info.find("flags:");
-      if (at != std::string::npos) f.flags = static_cast<uint32_t>(strtoul(info.c_str() + at + 6, nullptr, 8));
+    if (f.target.rfind("socket:[", 0) == 0) {
+      f.inode = strtoull(f.target.c_str() + 8, nullptr, 10);
+      out.push_back(std::move(f));
+      continue;
     }
+    ReadFdInfo(pid, f);
     struct stat st;
     if (stat(link.c_str(), &st) == 0) {
       f.inode = st.st_ino;
@@ -176,6 +174,17 @@ std::vector<OpenFd> ReadFds(pid_t pid) {
   closedir(d);
   std::sort(out.begin(), out.end(), [](const OpenFd& a, const OpenFd& b) { return a.fd < b.fd; });
   return out;
+}
+
+bool ReadFdInfo(pid_t pid, OpenFd& f) {
+  std::string info;
+  if (!ReadProcFile("/proc/" + std::to_string(pid) + "/fdinfo/" + std::to_string(f.fd), info)) return false;
+  // "pos:\t0\nflags:\t0100002\nmnt_id:\t..."
+  size_t at = info.find("pos:");
+  if (at != std::string::npos) f.pos = strtoull(info.c_str() + at + 4, nullptr, 10);
+  at = info.find("flags:");
+  if (at != std::string::npos) f.flags = static_cast<uint32_t>(strtoul(info.c_str() + at + 6, nullptr, 8));
+  return true;
 }
 
 std::vector<pid_t> ReadChildren(pid_t pid) {

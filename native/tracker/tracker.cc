@@ -124,6 +124,10 @@ EpochData Tracker::Epoch(const EpochOptions& options) {
     // (file positions), and a change since the base image means a new base.
     data.fds = ReadFds(pid_);
     ClassifySockets(data.fds);
+    // Sockets other than TCP connections keep their flags (a change of those means a new
+    // base); a connection's are not needed (restore brings it back closed).
+    for (auto& f : data.fds)
+      if (!f.kind.empty() && f.kind != "tcp") ReadFdInfo(pid_, f);
     data.children = ReadChildren(pid_);
   }
   uint64_t t2 = NowNs();
