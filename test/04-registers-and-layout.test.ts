@@ -1,8 +1,12 @@
 // Registers, layout, brk and clocks as they must go into a CRIU image.
-import { openSync, readSync, closeSync } from 'node:fs';
+import { closeSync, mkdtempSync, openSync, readSync, rmSync } from 'node:fs';
+import net from 'node:net';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
 import { afterEach, expect, it } from 'vitest';
 import { decodeGpRegisters, Tracker } from '../src/index.js';
 import { native } from '../src/native/binding.js';
+import { startCounter } from './helpers/counter.js';
 import { killAll, Target } from './helpers/target.js';
 
 afterEach(async () => { await killAll(); });
@@ -85,5 +89,34 @@ it('layout: the mappings of /proc/PID/maps, brk from the target, clocks read whi
     expect(e.timings.pauseNs).toBeGreaterThan(0);
   } finally {
     await tracker.close();
+  }
+});
+
+it('descriptors: a file with its position and size, sockets classified, a TCP connection known by its link alone', async () => {
+  const dir = mkdtempSync(join(tmpdir(), 'rr-fds-'));
+  const c = await startCounter(dir, 'c', ['--pages', '16', '--data', join(dir, 'data.bin')]);
+  const client = net.connect(c.port, '127.0.0.1');
+  try {
+    await new Promise<void>((resolve, reject) => client.once('connect', resolve).once('error', reject));
+    await new Promise((r) => setTimeout(r, 50)); // the counter has accepted it and waits for a command
+    const tracker = await Tracker.attach(c.pid);
+    try {
+      const e = await tracker.epoch();
+      const data = e.fds.find((f) => f.target === join(dir, 'data.bin'))!;
+      expect(data).toMatchObject({ kind: '', size: 0, pos: 0n });
+      expect(data.flags & 3).toBe(2); // O_RDWR
+      const listen = e.fds.find((f) => f.kind === 'tcp-listen')!;
+      expect(listen.flags & 3).toBe(2); // read from fdinfo: a listener's flags are in the base fingerprint
+      const conns = e.fds.filter((f) => f.kind === 'tcp');
+      expect(conns.length).toBe(1);
+      expect(conns[0]!.target).toBe(`socket:[${conns[0]!.inode}]`); // the inode from the link, no stat
+      expect([conns[0]!.flags, conns[0]!.pos]).toEqual([0, 0n]);   // not read inside the freeze
+    } finally {
+      await tracker.close();
+    }
+  } finally {
+    client.destroy();
+    await c.kill();
+    rmSync(dir, { recursive: true, force: true });
   }
 });

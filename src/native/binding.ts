@@ -48,8 +48,8 @@ export interface NativeOpenFd {
   fd: number;
   /** readlink of /proc/PID/fd/N: a path, 'socket:[123]', 'pipe:[456]', 'anon_inode:[eventpoll]'... */
   target: string;
+  /** Position and open flags (O_ACCMODE, O_APPEND, O_NONBLOCK...); 0 for a TCP connection (not read: not needed). */
   pos: bigint;
-  /** open flags (O_ACCMODE, O_APPEND, O_NONBLOCK...). */
   flags: number;
   /** st_size for regular files, -1 otherwise. */
   size: number;
