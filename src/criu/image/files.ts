@@ -16,9 +16,8 @@
 //      table is reconciled with the base's: positions and sizes set; descriptors closed
 //      since the base are dropped from fdinfo (a socket no descriptor refers to any more
 //      leaves files.img too, and epoll instances forget them); regular files opened since
-//      are added (a new
-//      FileEntry and FdinfoEntry); other new descriptors (sockets, pipes ...) cannot be made
-//      from an epoch and are reported as missing;
+//      are added (a new FileEntry and FdinfoEntry); other new descriptors (sockets, pipes
+//      ...) cannot be made from an epoch and are reported as missing;
 //   2. `files` given to the builder (FileState[]): positions and sizes, on top; an fd the
 //      image does not have is skipped (and reported).
 import { existsSync } from 'node:fs';
@@ -170,14 +169,14 @@ export class FileTable {
   pruneEpollTargets(keep: ReadonlySet<number>): number {
     let n = 0;
     this.#msgs.forEach((m, i) => {
-      if (this.#removed.has(i) || m!.getUint(1) !== FD_TYPE_EVENTPOLL) return;
-      const ep = m!.getMessage(EPFD_FIELD);
+      if (!m || this.#removed.has(i) || m.getUint(1) !== FD_TYPE_EVENTPOLL) return;
+      const ep = m.getMessage(EPFD_FIELD);
       if (!ep) return;
       const tfds = ep.all(EPFD_TFD);
       const kept = tfds.filter((f) => keep.has(Number(Message.parse(f.value).getUint(TFD_FD) ?? -1n)));
       if (kept.length === tfds.length) return;
       n += tfds.length - kept.length;
-      m!.setMessage(EPFD_FIELD, ep.setRepeatedMessage(EPFD_TFD, kept.map((f) => f.value)));
+      m.setMessage(EPFD_FIELD, ep.setRepeatedMessage(EPFD_TFD, kept.map((f) => f.value)));
       this.#changed.add(i);
     });
     return n;
@@ -210,10 +209,6 @@ export class FileTable {
     return out;
   }
 
-  /** Entries removed (remove()). */
-  get removedCount(): number {
-    return this.#removed.size;
-  }
 
   /** Regular-file ids named `path`. */
   regIdsNamed(path: string): bigint[] {
