@@ -15,6 +15,7 @@ import { join } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { promisify } from 'node:util';
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
+import { criuDump } from '../src/criu/criu-runner.js';
 import { locateCriu } from '../src/criu/locate.js';
 import { buildEpochImage, ImageBuildError, pagesFromRanges, parseImage, serializeImage, Message, type PageEntry } from '../src/criu/image/index.js';
 import { encodeVarint, lenField, readVarint, varintField } from '../src/criu/image/protobuf.js';
@@ -461,6 +462,37 @@ describe('buildEpochImage + criu restore: an epoll server', () => {
     await new Promise<void>((resolve, reject) => again.once('connect', resolve).once('error', reject));
     expect(await ask(again)).toBe('served=3'); // the epoch's count, and it serves
     again.destroy();
+  });
+});
+
+describe('base image dumps', () => {
+  it('a client on a unix stream socket makes the dump fail with what to do about it', async () => {
+    const sock = join(work, 'u.sock');
+    const ready = join(work, 'u.ready');
+    const script = join(work, 'u-server.cjs');
+    await writeFile(script, `
+      const net = require('node:net');
+      const fs = require('node:fs');
+      net.createServer((c) => c.on('data', () => c.write('ok\\n'))).listen(${JSON.stringify(sock)}, () => fs.writeFileSync(${JSON.stringify(ready)}, 'up'));
+    `);
+    const proc = await spawnTarget(process.execPath, [script]);
+    keepers.add(proc);
+    pidsToKill.add(proc.pid);
+    for (let i = 0; !existsSync(ready); i++) {
+      if (i > 2000) throw new Error('the server did not start');
+      await sleep(5);
+    }
+    const client = net.connect(sock);
+    try {
+      await new Promise<void>((resolve, reject) => client.once('connect', resolve).once('error', reject));
+      await mkdir(join(work, 'u-base'), { recursive: true });
+      const err = await criuDump({ criu, pid: proc.pid, dir: join(work, 'u-base') }).then(() => null, (e: unknown) => e as Error);
+      expect(err?.message).toMatch(/half of stream unix connection/);
+      expect(err?.message).toMatch(/disconnect that client \(or let it use TCP\)/);
+      expect(readFileSync(`/proc/${proc.pid}/status`, 'utf8')).not.toMatch(/State:\s+T/); // left running
+    } finally {
+      client.destroy();
+    }
   });
 });
 

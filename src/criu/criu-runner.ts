@@ -71,9 +71,16 @@ export async function criuDump(o: DumpOptions): Promise<CriuResult> {
   }
   if (r.code !== 0) {
     const why = criuErrors(log);
-    throw new ReplicateError('CRIU_FAILED', `criu dump of process ${o.pid} failed (exit ${r.code}): ${why.join(' | ') || r.stderr.trim() || 'see ' + join(o.dir, 'dump.log')}`, { pid: o.pid, op: 'criu_dump' });
+    throw new ReplicateError('CRIU_FAILED', `criu dump of process ${o.pid} failed (exit ${r.code}): ${why.join(' | ') || r.stderr.trim() || 'see ' + join(o.dir, 'dump.log')}${dumpAdvice(log)}`, { pid: o.pid, op: 'criu_dump' });
   }
   return { ms, log, shellJob };
+}
+
+/** What to do about the dump failures a user can act on ('' for the others). */
+export function dumpAdvice(log: string): string {
+  if (/half of stream unix connection/.test(log))
+    return '. A client is connected to the process over a unix stream socket, and CRIU cannot dump one end of such a connection: disconnect that client (or let it use TCP), then start protection again';
+  return '';
 }
 
 export interface RestoreOptions {
