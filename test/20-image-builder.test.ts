@@ -89,6 +89,18 @@ async function startCounter(name: string, args: string[], own = false): Promise<
   return { pid: proc.pid, port: Number(kv.port), counterAddr: BigInt(kv.counter!), region: BigInt(kv.region!), pages: Number(kv.pages), proc };
 }
 
+/** Runs a Node.js script as a target (killed after the test) and waits for it to write `ready`. */
+async function startNodeTarget(script: string, ready: string): Promise<SpawnedTarget> {
+  const proc = await spawnTarget(process.execPath, [script]);
+  keepers.add(proc);
+  pidsToKill.add(proc.pid);
+  for (let i = 0; !existsSync(ready); i++) {
+    if (i > 2000) throw new Error(`${script} did not start (no ${ready})`);
+    await sleep(5);
+  }
+  return proc;
+}
+
 function query(port: number, cmd: string, timeoutMs = 5000): Promise<string> {
   return new Promise((resolve, reject) => {
     const s = net.connect(port, '127.0.0.1');
@@ -420,13 +432,7 @@ describe('buildEpochImage + criu restore: an epoll server', () => {
       const srv = net.createServer((c) => c.on('data', () => { served++; c.write('served=' + served + '\\n'); }));
       srv.listen(0, '127.0.0.1', () => fs.writeFileSync(${JSON.stringify(statusFile)}, String(srv.address().port)));
     `);
-    const proc = await spawnTarget(process.execPath, [script]);
-    keepers.add(proc);
-    pidsToKill.add(proc.pid);
-    for (let i = 0; !existsSync(statusFile); i++) {
-      if (i > 2000) throw new Error('the server wrote no status file');
-      await sleep(5);
-    }
+    const proc = await startNodeTarget(script, statusFile);
     const port = Number(readFileSync(statusFile, 'utf8'));
     const ask = (sock: net.Socket): Promise<string> => new Promise((resolve) => { sock.once('data', (d) => resolve(d.toString().trim())); sock.write('x\n'); });
     const tracker = await Tracker.attach(proc.pid);
@@ -475,13 +481,7 @@ describe('base image dumps', () => {
       const fs = require('node:fs');
       net.createServer((c) => c.on('data', () => c.write('ok\\n'))).listen(${JSON.stringify(sock)}, () => fs.writeFileSync(${JSON.stringify(ready)}, 'up'));
     `);
-    const proc = await spawnTarget(process.execPath, [script]);
-    keepers.add(proc);
-    pidsToKill.add(proc.pid);
-    for (let i = 0; !existsSync(ready); i++) {
-      if (i > 2000) throw new Error('the server did not start');
-      await sleep(5);
-    }
+    const proc = await startNodeTarget(script, ready);
     const client = net.connect(sock);
     try {
       await new Promise<void>((resolve, reject) => client.once('connect', resolve).once('error', reject));
