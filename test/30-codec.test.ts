@@ -28,6 +28,16 @@ function codec() {
   return { enc: new DeltaPageEncoder(), dec: new DeltaPageDecoder(), store: new StoreModel() };
 }
 
+/** A codec whose standby already holds `n` heap-like pages (from `seed`), sent once. */
+async function seeded(n: number, seed: number) {
+  const c = codec();
+  const rnd = mulberry32(seed);
+  const addrs = addrsOf(n);
+  const pages = Buffer.concat(addrs.map(() => heapLikePage(rnd)));
+  await roundTrip(c.enc, c.dec, c.store, addrs, pages);
+  return { ...c, rnd, addrs, pages };
+}
+
 describe('page-delta codec: round trips', () => {
   it('zero pages travel as a flag: a few bytes each', async () => {
     const { enc, dec, store } = codec();
@@ -38,11 +48,7 @@ describe('page-delta codec: round trips', () => {
   });
 
   it('one changed byte, at every offset of a page', async () => {
-    const { enc, dec, store } = codec();
-    const rnd = mulberry32(1);
-    const addrs = addrsOf(256);
-    const before = Buffer.concat(addrs.map(() => heapLikePage(rnd)));
-    await roundTrip(enc, dec, store, addrs, before);
+    const { enc, dec, store, addrs, pages: before } = await seeded(256, 1);
     for (let start = 0; start < P; start += 256) {
       const after = Buffer.from(before);
       for (let i = 0; i < 256; i++) after[i * P + start + i] ^= 0x5a; // page i: offset start + i
@@ -76,11 +82,7 @@ describe('page-delta codec: round trips', () => {
   });
 
   it('changes at both ends of a page, and an unchanged page', async () => {
-    const { enc, dec, store } = codec();
-    const rnd = mulberry32(3);
-    const addrs = addrsOf(4);
-    const before = Buffer.concat(addrs.map(() => heapLikePage(rnd)));
-    await roundTrip(enc, dec, store, addrs, before);
+    const { enc, dec, store, addrs, pages: before } = await seeded(4, 3);
     const after = Buffer.from(before);
     after[0] ^= 1; after[P - 1] ^= 1;                     // first and last byte
     after.writeBigUInt64LE(0xdeadbeefn, P); after.writeBigUInt64LE(0xfeedn, 2 * P - 8); // first and last word
@@ -264,11 +266,9 @@ describe('page-delta codec: shadow cache', () => {
 
 describe('page-delta codec: output buffers', () => {
   it('a released output is decoded into again; one not released is not; a refused message gives its buffer back', async () => {
-    const { enc, dec, store } = codec();
-    const rnd = mulberry32(14);
-    const addrs = addrsOf(8);
-    let cur = Buffer.concat(addrs.map(() => heapLikePage(rnd)));
-    await roundTrip(enc, dec, store, addrs, cur);
+    const s = await seeded(8, 14);
+    const { enc, dec, store, rnd, addrs } = s;
+    let cur = s.pages;
     const next = () => { cur = Buffer.from(cur); for (let i = 0; i < 8; i++) cur[i * P + Math.floor(rnd() * P)] ^= 0x11; return cur; };
     const decodeNext = async () => {
       const v = next();
@@ -298,11 +298,7 @@ describe('page-delta codec: output buffers', () => {
 
 describe('page-delta codec: the version check', () => {
   it('a delta against another version of the base is refused, naming the page; nothing is returned', async () => {
-    const { enc, dec, store } = codec();
-    const rnd = mulberry32(11);
-    const addrs = addrsOf(3);
-    const v1 = Buffer.concat(addrs.map(() => heapLikePage(rnd)));
-    await roundTrip(enc, dec, store, addrs, v1);
+    const { enc, dec, store, addrs, pages: v1 } = await seeded(3, 11);
     const v2 = Buffer.from(v1);
     for (let i = 0; i < 3; i++) v2[i * P + 50] ^= 7;
     const msg = await enc.encode(BigUint64Array.from(addrs), v2);
@@ -338,11 +334,7 @@ describe('page-delta codec: the version check', () => {
   });
 
   it('applyBatch decodes into a caller\'s buffer when given one, and refuses one too small', async () => {
-    const { enc, dec, store } = codec();
-    const rnd = mulberry32(13);
-    const addrs = addrsOf(4);
-    const v1 = Buffer.concat(addrs.map(() => heapLikePage(rnd)));
-    await roundTrip(enc, dec, store, addrs, v1);
+    const { enc, store, addrs, pages: v1 } = await seeded(4, 13);
     const v2 = Buffer.from(v1);
     for (let i = 0; i < 3; i++) v2[i * P + 99 * i] ^= 0x40; // three deltas; page 3 unchanged
     v2.fill(0, 3 * P); v2[3 * P + 5] = 9; // (now a delta or FULL)

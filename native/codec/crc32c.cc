@@ -325,8 +325,7 @@ uint32_t Crc32cPortable(uint32_t crc, const void* data, size_t len) {
 
 uint32_t Crc32cPage(const uint8_t* page) {
   const Tables& t = T();
-  if (t.clmul) return HybridPage<false>(nullptr, page, nullptr, t);
-  return t.hw ? HardPage(page, t) : ~SoftRaw(~0u, page, 4096, t);
+  return t.clmul ? HybridPage<false>(nullptr, page, nullptr, t) : Crc32cPageSse42(page);
 }
 
 uint32_t Crc32cPageSse42(const uint8_t* page) {

@@ -19,7 +19,7 @@ import { locateCriu } from '../criu/locate.js';
 import { ReplicateError } from '../errors.js';
 import { silentLogger, type Logger } from '../log/logger.js';
 import { ReplicationMetrics } from '../metrics/metrics.js';
-import { PROTOCOL_VERSION, type EndMsg, type Message, type WelcomeMsg } from '../protocol/messages.js';
+import { PROTOCOL_VERSION, type EndMsg, type HelloMsg, type Message, type WelcomeMsg } from '../protocol/messages.js';
 import { connect, type Link } from '../transport/link.js';
 import { TransportError } from '../transport/errors.js';
 import type { SecurityOptions } from '../transport/security.js';
@@ -369,6 +369,11 @@ export class Primary extends EventEmitter {
     return e instanceof ReplicateError && e.code !== 'SYSTEM_ERROR' && e.code !== 'TIMEOUT';
   }
 
+  /** What this primary says first on a connection (a heartbeat channel adds `channel` and `session`). */
+  #hello(channel?: Pick<HelloMsg, 'channel' | 'session'>): HelloMsg {
+    return { t: 'hello', proto: PROTOCOL_VERSION, role: 'primary', lineage: this.lineage, generation: this.generation, pid: this.pid, host: hostname(), agent: `remus-replicate/${process.pid}`, ...channel };
+  }
+
   /** One connection's life; resolves with why it ended. */
   async #session(link: Link): Promise<string> {
     const closed = new Promise<string>((resolve) => link.once('close', (c: { reason: string }) => resolve(c.reason)));
@@ -386,7 +391,7 @@ export class Primary extends EventEmitter {
       }
       return messages.shift()!;
     };
-    await link.send({ t: 'hello', proto: PROTOCOL_VERSION, role: 'primary', lineage: this.lineage, generation: this.generation, pid: this.pid, host: hostname(), agent: `remus-replicate/${process.pid}` });
+    await link.send(this.#hello());
     const answer = await Promise.race([next(), sleep(10_000).then(() => { throw new ReplicateError('TIMEOUT', 'the standby did not answer hello within 10 s'); })]);
     if (answer.t === 'refuse') throw new RefusedError(answer.code, `the standby refused us: ${answer.reason} [${answer.code}]`);
     if (answer.t !== 'welcome') throw new ReplicateError('SYSTEM_ERROR', `protocol error: expected welcome, got ${answer.t}`);
@@ -417,7 +422,7 @@ export class Primary extends EventEmitter {
           beats = await connect({ host: this.#o.host, port: this.#o.port, security: this.#o.security, heartbeatMs: this.#o.heartbeatMs, timeoutMs: 2000 });
           const closed = new Promise<string>((r) => beats!.once('close', (c: { reason: string }) => r(c.reason)));
           const answer = new Promise<Message>((resolve) => beats!.on('message', (m: Message) => { if (m.t !== 'hb') resolve(m); }));
-          await beats.send({ t: 'hello', proto: PROTOCOL_VERSION, role: 'primary', lineage: this.lineage, generation: this.generation, pid: this.pid, host: hostname(), agent: `remus-replicate/${process.pid}`, channel: 'beats', session });
+          await beats.send(this.#hello({ channel: 'beats', session }));
           const m = await Promise.race([answer, closed.then((why) => ({ t: 'closed' as const, why })), sleep(5000).then(() => ({ t: 'timeout' as const }))]);
           if (m.t === 'refuse') { this.#log.warn({ code: m.code, reason: m.reason }, 'the standby refused a heartbeat channel: heartbeats travel with the data only'); beats.close('refused'); return; }
           if (m.t !== 'welcome') throw new Error(m.t === 'closed' ? `closed: ${m.why}` : m.t === 'timeout' ? 'no answer in 5 s' : `unexpected ${m.t}`);

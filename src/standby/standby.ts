@@ -611,7 +611,6 @@ class Session {
   #wake: (() => void) | undefined;
   #closed = false;
   #queuedBytes = 0;
-  #queuedRaw = 0;
   #paused = false;
   #abandoned = false;
   /** What the run is doing (for the log when a promotion abandons it). */
@@ -625,11 +624,12 @@ class Session {
    * committed epoch will not change, and the caller need not wait for the run to end.
    */
   abandon(): boolean {
+    const queued = this.#queue.length;
     this.#abandoned = true;
     this.#queue.length = 0;
     this.#queuedBytes = 0;
     const cancelled = this.#committing?.cancelCommit() ?? false;
-    this.standby.log.debug({ inHand: this.#inHand, queued: this.#queue.length, commitCancelled: cancelled }, 'session abandoned');
+    this.standby.log.debug({ inHand: this.#inHand, queued, commitCancelled: cancelled }, 'session abandoned');
     this.#wake?.();
     return cancelled;
   }
@@ -647,8 +647,7 @@ class Session {
         this.#queuedBytes += m.data.length;
         // Decoding and writing are slower than the socket on a fast link: stop reading
         // rather than buffer without bound.
-        this.#queuedRaw += m.rawBytes;
-        if (this.#queuedBytes > 64 * 2 ** 20 && !this.#paused) { this.#paused = true; link.pause(); this.standby.log.debug({ wire: this.#queuedBytes, raw: this.#queuedRaw, n: this.#queue.length }, 'backlog full: reading from the primary paused'); }
+        if (this.#queuedBytes > 64 * 2 ** 20 && !this.#paused) { this.#paused = true; link.pause(); this.standby.log.debug({ wire: this.#queuedBytes, n: this.#queue.length }, 'backlog full: reading from the primary paused'); }
       }
       this.#wake?.();
     });
@@ -676,8 +675,7 @@ class Session {
     const m = this.#queue.shift()!;
     if (m.t === 'pages') {
       this.#queuedBytes -= m.data.length;
-      this.#queuedRaw -= m.rawBytes;
-      if (this.#paused && this.#queuedBytes < 16 * 2 ** 20) { this.#paused = false; this.link.resume(); this.standby.log.debug({ wire: this.#queuedBytes, raw: this.#queuedRaw }, 'backlog drained: reading from the primary again'); }
+      if (this.#paused && this.#queuedBytes < 16 * 2 ** 20) { this.#paused = false; this.link.resume(); this.standby.log.debug({ wire: this.#queuedBytes }, 'backlog drained: reading from the primary again'); }
     }
     return m;
   }
