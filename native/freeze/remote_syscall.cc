@@ -1,8 +1,12 @@
 #include "freeze/remote_syscall.h"
 
 #include <cerrno>
+#include <chrono>
 #include <csignal>
 #include <cstring>
+#include <ctime>
+#include <sched.h>
+#include <string>
 #include <sys/mman.h>
 #include <sys/ptrace.h>
 #include <sys/uio.h>
@@ -10,6 +14,7 @@
 #include <sys/wait.h>
 
 #include "core/errors.h"
+#include "core/proc.h"
 
 namespace remus {
 
@@ -39,6 +44,31 @@ uint64_t RemoteSyscall::FindSyscallInsn(const std::vector<Vma>& vmas) {
                     "no syscall instruction found in the executable mappings of process " + std::to_string(pid_));
 }
 
+// The next wait status of traced thread `tid`; false when it is gone. Polled, never a
+// blocking waitpid: when the process exits meanwhile, the group leader's exit is not
+// reported until every other thread has been reaped, and those are ours to reap (we trace
+// them), so a blocking wait on the leader could wait for ever. A dead or zombie thread
+// counts as gone; the tracker then reports TARGET_GONE and Thaw reaps what is left.
+static bool WaitTraced(pid_t pid, pid_t tid, int* status) {
+  const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(5);
+  for (int spins = 0;; ++spins) {
+    pid_t r = waitpid(tid, status, __WALL | WNOHANG);
+    if (r == tid) return true;
+    if (r < 0 && errno != EINTR) return false;
+    if (spins < 200) { sched_yield(); continue; }
+    if (spins % 16 == 0) {
+      ProcStat st;
+      if (!ReadStat("/proc/" + std::to_string(pid) + "/task/" + std::to_string(tid) + "/stat", st) || st.state == 'Z' || st.state == 'X')
+        return false;
+    }
+    if (std::chrono::steady_clock::now() >= deadline)
+      throw NativeError(ErrorCode::kTimeout, ETIMEDOUT, pid, "remote_syscall",
+                        "thread " + std::to_string(tid) + " of process " + std::to_string(pid) + " did not stop after an injected step within 5 s");
+    struct timespec ts = {0, 50 * 1000};
+    nanosleep(&ts, nullptr);
+  }
+}
+
 // After a single-step the thread sits in a SIGTRAP signal-delivery stop. If the tracer
 // died there, the kernel would resume the thread *delivering SIGTRAP*, which kills it.
 // Move it to a PTRACE_EVENT_STOP instead: interrupt, then continue with no signal; the
@@ -48,10 +78,7 @@ void RemoteSyscall::ParkInEventStop(FrozenThread& t) {
     if (ptrace(PTRACE_INTERRUPT, t.tid, nullptr, nullptr) != 0) ThrowSys(pid_, "remote_syscall", errno, "PTRACE_INTERRUPT");
     if (ptrace(PTRACE_CONT, t.tid, nullptr, nullptr) != 0) ThrowSys(pid_, "remote_syscall", errno, "PTRACE_CONT");
     int status = 0;
-    pid_t r;
-    do r = waitpid(t.tid, &status, __WALL);
-    while (r < 0 && errno == EINTR);
-    if (r < 0 || WIFEXITED(status) || WIFSIGNALED(status)) ThrowSys(pid_, "remote_syscall", ESRCH);
+    if (!WaitTraced(pid_, t.tid, &status) || WIFEXITED(status) || WIFSIGNALED(status)) ThrowSys(pid_, "remote_syscall", ESRCH);
     if ((status >> 16) == PTRACE_EVENT_STOP) return;
     t.pending_signal = WSTOPSIG(status);  // a signal came first: keep it for thaw, retry
   }
@@ -83,10 +110,7 @@ long RemoteSyscall::Call(FrozenThread& t, long nr, std::array<uint64_t, 6> args,
       ThrowSys(pid_, "remote_syscall", e, "PTRACE_SINGLESTEP");
     }
     int status = 0;
-    pid_t r;
-    do r = waitpid(t.tid, &status, __WALL);
-    while (r < 0 && errno == EINTR);
-    if (r < 0 || WIFEXITED(status) || WIFSIGNALED(status)) ThrowSys(pid_, "remote_syscall", ESRCH);
+    if (!WaitTraced(pid_, t.tid, &status) || WIFEXITED(status) || WIFSIGNALED(status)) ThrowSys(pid_, "remote_syscall", ESRCH);
     int sig = WSTOPSIG(status);
     if (sig == SIGTRAP && (status >> 16) == 0) {
       if (ptrace(PTRACE_GETREGS, t.tid, nullptr, &after) != 0) ThrowSys(pid_, "remote_syscall", errno);
