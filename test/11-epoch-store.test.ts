@@ -8,6 +8,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterEach, describe, expect, it } from 'vitest';
 import { EpochStore, StoreError, readCommittedInfo, type StoreFailpoint } from '../src/standby/epoch-store.js';
+import { PageIndex } from '../src/standby/store/page-index.js';
 import {
   LINEAGE, WORK_PAGES, addrOf, addrsOf, collect, commitWork, epochOfPage, expectedAt, lastReported, makeState,
   pageOf, pagesOf, spawnStoreChild, vma, workload,
@@ -94,6 +95,39 @@ async function expectModel(store: EpochStore, model: Map<number, number>): Promi
     else expect(epochOfPage(p!, idx)).toBe(want);
   }
 }
+
+describe('epoch store: page index', () => {
+  it('behaves as a Map over user-space page numbers, iterating in ascending order', () => {
+    // Page numbers of a 47-bit address space, clustered as real mappings are, and scattered.
+    const idx = new PageIndex();
+    const ref = new Map<number, number>();
+    let seed = 7;
+    const rnd = (n: number) => { seed = (seed * 1103515245 + 12345) % 2 ** 31; return seed % n; };
+    const top = 2 ** 35;
+    const bases = [top - 600, 0x7f1200000 + 3, 0x55550000, 1, 0];
+    for (let i = 0; i < 40_000; i++) {
+      const k = rnd(4) === 0 ? rnd(top) : bases[rnd(bases.length)]! + rnd(1500);
+      const op = rnd(10);
+      if (op < 6) { const v = rnd(3) === 0 ? -1 : rnd(1e6); idx.set(k, v); ref.set(k, v); }
+      else if (op < 9) expect(idx.delete(k)).toBe(ref.delete(k));
+      else expect(idx.get(k)).toBe(ref.get(k));
+    }
+    expect(idx.size).toBe(ref.size);
+    const want = [...ref].sort((a, b) => a[0] - b[0]);
+    expect([...idx]).toEqual(want);
+    const { keys, vals } = idx.sorted();
+    expect(Array.from(keys)).toEqual(want.map((e) => e[0]));
+    expect(Array.from(vals)).toEqual(want.map((e) => e[1]));
+    // Deleting while iterating (as a commit drops unmapped pages) visits every entry once.
+    let seen = 0;
+    idx.forEach((_v, k) => { seen++; if (k % 2 === 0) idx.delete(k); });
+    expect(seen).toBe(want.length);
+    expect([...idx.keys()]).toEqual(want.map((e) => e[0]).filter((k) => k % 2 !== 0));
+    for (const k of idx.keys()) idx.delete(k);
+    expect(idx.size).toBe(0);
+    expect(idx.sorted().keys.length).toBe(0);
+  });
+});
 
 describe('epoch store: contents', () => {
   it('full batch then deltas: newest versions, zero pages, supersede within a batch, unmapped pages dropped', async () => {
@@ -608,6 +642,40 @@ describe('epoch store: compaction', () => {
     const again = await openStore(dir);
     expect(await collect(again)).toEqual(sorted);
     expect(again.committed!.state).toEqual(before.state);
+  });
+
+  it('held (as a promotion holds it): a running compaction is cancelled, none starts; released, it runs again', async () => {
+    const dir = await tempDir();
+    const store = await openStore(dir, { fsync: false });
+    const b = store.begin({ lineage: LINEAGE, generation: 1, epoch: 1, base: 0, full: true });
+    await b.addPages(addrsOf(range(0, 64)), pagesOf(1, range(0, 64)));
+    await b.commit(makeState(1, [vma(0, 128)]), {});
+    const model = new Map<number, number>(range(0, 64).map((i) => [i, 1] as [number, number]));
+    const commitEpoch = async (e: number) => {
+      const idx = range(0, 16).map((k) => (k * 4 + e) % 64);
+      const d = store.begin({ lineage: LINEAGE, generation: 1, epoch: e, base: e - 1, full: false });
+      await d.addPages(addrsOf(idx), pagesOf(e, idx));
+      await d.commit(makeState(e, [vma(0, 128)]), {});
+      for (const i of idx) model.set(i, e);
+    };
+    for (let e = 2; e <= 4; e++) await commitEpoch(e);
+    const segments = store.stats().segments;
+    expect(segments).toBe(4);
+    const running = store.compact();
+    const release = store.holdCompaction();
+    await running;
+    expect(store.stats().segments).toBe(segments); // cancelled before its switch
+    for (let e = 5; e <= 12; e++) { await commitEpoch(e); await store.idle(); }
+    await store.compact();
+    expect(store.stats().segments).toBe(12); // none ran, not even on request
+    expect(await collect(store)).toEqual(new Map([...model.entries()].sort((x, y) => x[0] - y[0])));
+    expect((await readdir(dir)).filter((n) => n.startsWith('seg-'))).toHaveLength(12);
+    release();
+    await commitEpoch(13);
+    await store.idle();
+    expect(store.stats().segments).toBe(1);
+    expect(await collect(store)).toEqual(new Map([...model.entries()].sort((x, y) => x[0] - y[0])));
+    await closeStore(store);
   });
 
   it('a compaction running while batches commit (delta and full) gives the right result', async () => {

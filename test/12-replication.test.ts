@@ -6,6 +6,8 @@ import { Standby } from '../src/standby/standby.js';
 import { TransportError } from '../src/transport/errors.js';
 import { connect } from '../src/transport/link.js';
 import { PROTOCOL_VERSION, type Message } from '../src/protocol/messages.js';
+import { CliProcess } from './helpers/cli-process.js';
+import { freePort } from './helpers/ports.js';
 import { FaultyProxy } from './helpers/proxy.js';
 import { compareWithTarget, makeKey, tempDir, until } from './helpers/replication.js';
 import { Target, killAll } from './helpers/target.js';
@@ -166,6 +168,30 @@ describe('replication', () => {
     expect(standby.stats().heartbeatChannel).toBe(true);
     const before = primary.committedEpoch;
     await until(() => primary.committedEpoch > before + 2, 10_000, 'commits to go on');
+  });
+
+  it('heartbeats come from a thread of their own: a primary whose event loop stalls is not suspected', async () => {
+    // The standby in its own process (this one is about to stall), without auto-promotion:
+    // a suspicion shows as its 'suspect' event.
+    const dir = tempDir('repl-beats');
+    later(() => dir.remove());
+    const { file, security } = makeKey(dir.path);
+    const port = await freePort();
+    const sb = new CliProcess(['standby', '--listen', `127.0.0.1:${port}`, '--dir', `${dir.path}/standby`, '--secret-file', file, '--no-auto-promote']);
+    later(() => sb.stop());
+    await sb.next('listening', 30_000);
+    const t = await Target.spawn({ pages: 256, threads: 1 });
+    later(() => t.kill());
+    const primary = await Primary.start({ pid: t.pid, host: '127.0.0.1', port, security, epochMs: 50, baseImage: false });
+    later(() => primary.stop());
+    await until(() => primary.committedEpoch >= 3, 15_000, 'three commits');
+    await until(() => primary.stats().heartbeatChannel, 5000, 'the heartbeat channel');
+    // Four times the detection time the standby announced (about 150 ms) with this
+    // thread blocked: no timer, no socket write on it.
+    Atomics.wait(new Int32Array(new SharedArrayBuffer(4)), 0, 0, 600);
+    const before = primary.committedEpoch;
+    await until(() => primary.committedEpoch > before + 2, 10_000, 'commits to go on');
+    expect(sb.last('suspect')).toBeUndefined();
   });
 
   it('a primary with the wrong key fails at once with a clear error (no endless retries)', async () => {

@@ -19,7 +19,7 @@ import { locateCriu } from '../criu/locate.js';
 import { ReplicateError } from '../errors.js';
 import { silentLogger, type Logger } from '../log/logger.js';
 import { ReplicationMetrics } from '../metrics/metrics.js';
-import { PROTOCOL_VERSION, type EndMsg, type HelloMsg, type Message, type WelcomeMsg } from '../protocol/messages.js';
+import { keepAliveMs, PROTOCOL_VERSION, type EndMsg, type HelloMsg, type Message, type WelcomeMsg } from '../protocol/messages.js';
 import { connect, type Link } from '../transport/link.js';
 import { TransportError } from '../transport/errors.js';
 import type { SecurityOptions } from '../transport/security.js';
@@ -27,6 +27,7 @@ import { Tracker, type TrackerOptions } from '../tracker/tracker.js';
 import { Percentiles } from '../util/stats.js';
 import { basePieces, checkNoChildren, describeChange, fingerprint, removeBase, takeBase, type BaseImage } from './base-image.js';
 import { chunkRanges, EpochQueue, PAGE_SIZE, type Batch, type CapturedEpoch } from './epoch-queue.js';
+import { BeatsChannel } from './beats-channel.js';
 import { EpochLoop, type CaptureInfo } from './epoch-loop.js';
 
 export interface PrimaryOptions {
@@ -111,6 +112,8 @@ export interface PrimaryStats {
   /** The current base image (empty without base images). */
   base: string;
   reconnects: number;
+  /** The heartbeat channel (a connection of its own, on a thread of its own) is open. */
+  heartbeatChannel: boolean;
   queue: ReturnType<EpochQueue['stats']>;
   rttMs: number;
   startedAt: number;
@@ -148,7 +151,7 @@ export class Primary extends EventEmitter {
   #loop!: EpochLoop;
   #link: Link | undefined;
   /** The heartbeat channel of the current session (HelloMsg.channel), while connected. */
-  #beats: Link | undefined;
+  #beats: BeatsChannel | undefined;
   #state: LinkState = 'connecting';
   #stopping = false;
   #stopped: Promise<void> | undefined;
@@ -253,7 +256,7 @@ export class Primary extends EventEmitter {
       pagesPerEpoch: this.#recent.reduce((s, r) => s + r.pages, 0) / n,
       bytesPerEpoch: this.#recent.reduce((s, r) => s + r.bytes, 0) / n,
       compressionRatio: this.#wire > 0 ? this.#raw / this.#wire : 0,
-      sentBytes: this.#wire, syncs: this.#syncs, rebases: this.#rebases, base: this.#base?.id ?? '', reconnects: this.#reconnects, queue: this.#queue.stats(),
+      sentBytes: this.#wire, syncs: this.#syncs, rebases: this.#rebases, base: this.#base?.id ?? '', reconnects: this.#reconnects, heartbeatChannel: this.#beats?.open ?? false, queue: this.#queue.stats(),
       rttMs: this.#link?.rttMs ?? 0, startedAt: this.#startedAt,
       ...(this.#encoder instanceof DeltaPageEncoder ? { codec: pickCodecTotals(this.#encoder.totals) } : {}),
     };
@@ -339,7 +342,7 @@ export class Primary extends EventEmitter {
       } finally {
         this.#link?.close('session ended');
         this.#link = undefined;
-        this.#beats?.close('session ended');
+        void this.#beats?.close('session ended');
         this.#beats = undefined;
         await this.#loop.pause();
         this.#queue.clear();
@@ -410,39 +413,22 @@ export class Primary extends EventEmitter {
   /**
    * Keeps a second connection to the standby that carries only heartbeats, for as long as
    * `data` is open: the standby's failure detector then hears us (or our silence) without
-   * waiting behind the pages queued on `data`. Reconnected at once when it drops (the
-   * standby listens to it alone once it has seen it); given up if the standby refuses it.
+   * waiting behind the pages queued on `data`. It runs on its own thread (BeatsChannel), so
+   * that our own busy event loop does not make the heartbeats irregular either.
    */
   #keepBeats(data: Link, session: string): void {
-    const run = async (): Promise<void> => {
-      let delay = 10;
-      while (!this.#stopping && !data.closed) {
-        let beats: Link | undefined;
-        try {
-          beats = await connect({ host: this.#o.host, port: this.#o.port, security: this.#o.security, heartbeatMs: this.#o.heartbeatMs, timeoutMs: 2000 });
-          const closed = new Promise<string>((r) => beats!.once('close', (c: { reason: string }) => r(c.reason)));
-          const answer = new Promise<Message>((resolve) => beats!.on('message', (m: Message) => { if (m.t !== 'hb') resolve(m); }));
-          await beats.send(this.#hello({ channel: 'beats', session }));
-          const m = await Promise.race([answer, closed.then((why) => ({ t: 'closed' as const, why })), sleep(5000).then(() => ({ t: 'timeout' as const }))]);
-          if (m.t === 'refuse') { this.#log.warn({ code: m.code, reason: m.reason }, 'the standby refused a heartbeat channel: heartbeats travel with the data only'); beats.close('refused'); return; }
-          if (m.t !== 'welcome') throw new Error(m.t === 'closed' ? `closed: ${m.why}` : m.t === 'timeout' ? 'no answer in 5 s' : `unexpected ${m.t}`);
-          if (data.closed) { beats.close('session ended'); return; }
-          this.#beats = beats;
-          delay = 10;
-          this.#log.debug('heartbeat channel open');
-          const why = await closed;
-          if (!data.closed) this.#log.warn({ reason: why }, 'heartbeat channel lost; reopening');
-        } catch (e) {
-          beats?.close('failed');
-          if (!data.closed) this.#log.debug({ err: (e as Error).message }, 'cannot open a heartbeat channel; retrying');
-        } finally {
-          if (this.#beats === beats) this.#beats = undefined;
-        }
-        await sleep(delay, undefined, { signal: this.#abort.signal }).catch(() => undefined);
-        delay = Math.min(1000, delay * 2);
-      }
-    };
-    void run();
+    const beats = new BeatsChannel({
+      host: this.#o.host, port: this.#o.port, security: this.#o.security, heartbeatMs: this.#o.heartbeatMs,
+      hello: this.#hello({ channel: 'beats', session }), log: this.#log,
+      // While it is open the standby listens to it alone: on the data connection a
+      // keep-alive is enough (fewer frames to make and read on both sides).
+      onState: (open) => data.setHeartbeatMs(open ? keepAliveMs(this.#o.heartbeatMs) : this.#o.heartbeatMs),
+    });
+    this.#beats = beats;
+    data.once('close', () => {
+      if (this.#beats === beats) this.#beats = undefined;
+      void beats.close('session ended');
+    });
   }
 
   #onAck(epoch: number): void {
@@ -713,3 +699,4 @@ export function replicate(options: PrimaryOptions): Promise<Primary> {
 function pickCodecTotals(t: DeltaEncoderTotals): NonNullable<PrimaryStats['codec']> {
   return { pages: t.pages, zero: t.zero, full: t.full, delta: t.delta, unchanged: t.unchanged };
 }
+

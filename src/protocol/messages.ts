@@ -192,3 +192,12 @@ export interface ByeMsg { t: 'bye'; reason: string; exitCode?: number }
 
 export type Message = HelloMsg | WelcomeMsg | RefuseMsg | BeginMsg | ImageMsg | PagesMsg | EndMsg | AckMsg | HeartbeatMsg | ByeMsg;
 export type MessageType = Message['t'];
+
+/**
+ * Heartbeat interval on a data connection whose liveness the peer judges by a heartbeat
+ * channel: a keep-alive, well inside the standby's 3 x heartbeat + 1 s before it lets
+ * another primary replace a silent one.
+ */
+export function keepAliveMs(heartbeatMs: number): number {
+  return Math.max(heartbeatMs, 500);
+}

@@ -110,6 +110,7 @@ import {
   parseSegmentName, segmentName, slotOffset, type Manifest, type SegmentMeta,
 } from './store/format.js';
 import { DirLock } from './store/lock.js';
+import { PageIndex } from './store/page-index.js';
 import { SegmentWriter, readExactly, readExactlySync, writevAll } from './store/segment-writer.js';
 
 export { StoreError, type StoreErrorCode } from './store/errors.js';
@@ -309,7 +310,7 @@ export class EpochStore {
   private manifest: Manifest | null = null;
   private manifestBytes = 0;
   private segments: Segment[] = [];
-  private index = new Map<number, number>();
+  private index = new PageIndex();
   private indexVersion = 0;
   /**
    * Moves only when the set of committed pages with content changes (a page added, dropped,
@@ -337,6 +338,7 @@ export class EpochStore {
   private chain: Promise<void> = Promise.resolve();
   private compaction: Promise<void> | null = null;
   private compactCancel = false;
+  private compactHolds = 0;
   private compactCooldown = 0;
   private closed = false;
   private closing = false;
@@ -518,6 +520,19 @@ export class EpochStore {
     return this.compaction;
   }
 
+  /**
+   * Stops compacting until the returned function is called: a running compaction is
+   * cancelled (the store stays as it was) and none starts. A promotion does this, so that
+   * rewriting the whole store neither competes with the restore for the disk nor holds
+   * the store while the generation is raised.
+   */
+  holdCompaction(): () => void {
+    this.compactHolds++;
+    this.compactCancel = true;
+    let released = false;
+    return () => { if (!released) { released = true; this.compactHolds--; } };
+  }
+
   /** Resolves when no background compaction is running (its failure, if any, is in lastCompactionError). */
   async idle(): Promise<void> {
     while (this.compaction) await this.compaction.catch(() => undefined);
@@ -556,7 +571,7 @@ export class EpochStore {
     await this.chain;
     for (const s of this.segments) s.close();
     this.segments = [];
-    this.index = new Map();
+    this.index = new PageIndex();
     this.snap = null;
     await this.lock?.release();
     this.lock = null;
@@ -591,7 +606,7 @@ export class EpochStore {
    * seg.meta holds the batch's final pages inside `cov`, ascending; `map` is its table
    * (already filtered to `cov`), which becomes the index of a full batch.
    */
-  async switchToBatch(batch: EpochBatch, seg: Segment, map: Map<number, number>, state: EpochState, stateBytes: Buffer, cov: Float64Array): Promise<CommittedEpoch> {
+  async switchToBatch(batch: EpochBatch, seg: Segment, map: PageIndex, state: EpochState, stateBytes: Buffer, cov: Float64Array): Promise<CommittedEpoch> {
     let old: Segment[] = [];
     try {
       await this.switchLocked(batch, seg, map, state, stateBytes, cov, (replaced) => { old = replaced; });
@@ -604,7 +619,7 @@ export class EpochStore {
     return this.committed!;
   }
 
-  private switchLocked(batch: EpochBatch, seg: Segment, map: Map<number, number>, state: EpochState, stateBytes: Buffer, cov: Float64Array,
+  private switchLocked(batch: EpochBatch, seg: Segment, map: PageIndex, state: EpochState, stateBytes: Buffer, cov: Float64Array,
     onReplaced: (old: Segment[]) => void): Promise<void> {
     return this.exclusive(async () => {
       if (this.closed) throw new StoreError('STATE', `store ${this.dir} is closed`);
@@ -623,7 +638,7 @@ export class EpochStore {
       } else {
         shrink = !coverageContains(cov, this.coverage);
         let removed = 0;
-        if (shrink) for (const k of this.index.keys()) if (!covers(cov, k)) removed++;
+        if (shrink) this.index.forEach((_v, k) => { if (!covers(cov, k)) removed++; });
         let added = 0;
         for (let i = 0; i < pageNos.length; i++) if (!this.index.has(pageNos[i]!)) added++;
         pages = this.index.size - removed + added;
@@ -648,11 +663,12 @@ export class EpochStore {
         const gained: number[] = []; // page numbers that now have content and had none
         const lost: number[] = []; // page numbers with content before, none now
         if (shrink) {
-          for (const [k, v] of this.index) {
-            if (covers(cov, k)) continue;
+          const index = this.index;
+          index.forEach((v, k) => {
+            if (covers(cov, k)) return;
             if (v !== ZERO) lost.push(k);
-            this.index.delete(k);
-          }
+            index.delete(k);
+          });
         }
         for (let i = 0; i < pageNos.length; i++) {
           const s = slots[i]!;
@@ -789,7 +805,7 @@ export class EpochStore {
 
   /** Replays the live segments' page tables, in order, into a fresh index. */
   private rebuildIndex(): void {
-    const index = new Map<number, number>();
+    const index = new PageIndex();
     let base = 0;
     let weight = 0;
     let prev: Float64Array | null = null;
@@ -797,7 +813,7 @@ export class EpochStore {
       seg.base = base;
       const { pageNos, slots, coverage } = seg.meta;
       if (prev && !coverageContains(coverage, prev)) {
-        for (const k of index.keys()) if (!covers(coverage, k)) index.delete(k);
+        index.forEach((_v, k) => { if (!covers(coverage, k)) index.delete(k); });
       }
       for (let i = 0; i < pageNos.length; i++) {
         const s = slots[i]!;
@@ -817,13 +833,7 @@ export class EpochStore {
 
   private snapshot(): Snapshot {
     if (this.snap && this.snap.version === this.indexVersion) return this.snap;
-    const n = this.index.size;
-    const keys = new Float64Array(n);
-    let i = 0;
-    for (const k of this.index.keys()) keys[i++] = k;
-    keys.sort();
-    const vals = new Float64Array(n);
-    for (let j = 0; j < n; j++) vals[j] = this.index.get(keys[j]!)!;
+    const { keys, vals } = this.index.sorted();
     const segs = this.segments.slice();
     this.snap = { version: this.indexVersion, keys, vals, segs, bases: segs.map((s) => s.base) };
     return this.snap;
@@ -876,7 +886,7 @@ export class EpochStore {
   }
 
   private maybeCompact(): void {
-    if (!this.autoCompact || this.closing || this.compaction) return;
+    if (!this.autoCompact || this.closing || this.compaction || this.compactHolds > 0) return;
     if (this.compactCooldown > 0) { this.compactCooldown--; return; }
     const n = this.segments.length;
     if (n > AUTO_COMPACT_MAX_SEGMENTS || (n > AUTO_COMPACT_MIN_SEGMENTS && this.deadPages() > this.index.size)) {
@@ -891,6 +901,7 @@ export class EpochStore {
     const m0 = this.manifest;
     if (!m0) return;
     if (this.segments.length <= 1 && this.deadPages() === 0) return;
+    if (this.compactHolds > 0) return;
     this.compactCancel = false;
     const snap = this.snapshot();
     const snapSegs = snap.segs;
@@ -902,7 +913,7 @@ export class EpochStore {
     const path = join(this.dir, name);
     let fh: FileHandle | undefined;
     let switched = false;
-    const cancelled = (): boolean => this.compactCancel || this.closing || snapSegs[0]!.retired;
+    const cancelled = (): boolean => this.compactCancel || this.compactHolds > 0 || this.closing || snapSegs[0]!.retired;
     try {
       try {
         fh = await open(path, 'wx+', 0o600);
@@ -980,7 +991,7 @@ export class EpochBatch {
   private error: StoreError | null = null;
   private added = 0;
   /** Page number -> local slot, or ZERO. */
-  private readonly map = new Map<number, number>();
+  private readonly map = new PageIndex();
   private readonly writer: SegmentWriter;
   private cleanup: Promise<void> | null = null;
   private commitRun: Promise<unknown> | null = null;
@@ -1138,15 +1149,10 @@ export class EpochBatch {
       const cov = coverageOf(state.vmas);
       const stateBytes = encodeState(state);
       // The batch's final page table, inside the state's VMAs, ascending.
-      const keys = new Float64Array(this.map.size);
-      let n = 0;
-      for (const k of this.map.keys()) {
-        if (covers(cov, k)) keys[n++] = k;
-        else this.map.delete(k);
-      }
-      const pageNos = keys.subarray(0, n).sort();
-      const slots = new Int32Array(n);
-      for (let i = 0; i < n; i++) slots[i] = this.map.get(pageNos[i]!)!;
+      const map = this.map;
+      map.forEach((_v, k) => { if (!covers(cov, k)) map.delete(k); });
+      const { keys: pageNos, vals } = map.sorted();
+      const slots = Int32Array.from(vals);
       const meta: SegmentMeta = {
         version: FORMAT_VERSION, seq: this.seq, kind: this.full ? 'full' : 'delta', lineage: this.lineage, generation: this.generation,
         epoch: this.epoch, committedAt, dataSlots: this.writer.slots, pageNos, slots, coverage: cov, state: stateBytes,

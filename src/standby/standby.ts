@@ -15,7 +15,7 @@ import type { PageDecoder } from '../codec/page-codec.js';
 import { ReplicateError } from '../errors.js';
 import { silentLogger, type Logger } from '../log/logger.js';
 import { ReplicationMetrics } from '../metrics/metrics.js';
-import { PROTOCOL_VERSION, type BeginMsg, type EndMsg, type HelloMsg, type Message, type PagesMsg, type WelcomeMsg } from '../protocol/messages.js';
+import { keepAliveMs, PROTOCOL_VERSION, type BeginMsg, type EndMsg, type HelloMsg, type Message, type PagesMsg, type WelcomeMsg } from '../protocol/messages.js';
 import { writeStatusFile } from '../status/status-file.js';
 import { listen, type HeartbeatInfo, type Link, type LinkCloseInfo, type ListeningServer } from '../transport/link.js';
 import type { SecurityOptions } from '../transport/security.js';
@@ -369,6 +369,10 @@ export class Standby extends EventEmitter {
     const session = this.#session;
     session?.link.close('standby promoting');
     void this.#writeStatus();
+    // No compaction from here on (one running is cancelled): it would compete with the
+    // restore for the disk and hold the store while the generation is raised. Released
+    // only if the promotion is called off and this stays a standby.
+    const releaseCompaction = this.#store.holdCompaction();
     const run = (async (): Promise<PromotionResult> => {
       if (!this.#criu) this.#criu = await usableCriu(this.#o.promotion?.criu).catch(() => '');
       const criu = this.#criu;
@@ -397,6 +401,7 @@ export class Standby extends EventEmitter {
       if (r.outcome === 'fenced-out') {
         this.#role = 'standby'; // nothing was done: a later attempt may succeed
         this.#promoting = undefined;
+        releaseCompaction();
       } else {
         this.#role = r.outcome === 'restored' ? 'primary' : 'failed';
       }
@@ -540,6 +545,10 @@ export class Standby extends EventEmitter {
       this.#lastHeard = performance.now();
       this.#detector.heartbeat(this.#lastHeard, hb.sentAt, hb.skipped);
     });
+    // The primary hears us on the channel too: a keep-alive on the data connection will do.
+    const hb = this.#o.heartbeatMs ?? 50;
+    cur.link.setHeartbeatMs(keepAliveMs(hb));
+    beats.link.once('close', () => { if (cur.beats === beats.link) cur.link.setHeartbeatMs(hb); });
     this.#log.debug({ remote: beats.link.remote }, 'heartbeat channel attached');
     return { ok: true };
   }

@@ -92,6 +92,7 @@ export class Link extends EventEmitter<LinkEvents> {
   private sentFrames = 0;
   private lastHeardMono = performance.now();
   private heartbeatTimer: NodeJS.Timeout | undefined;
+  private heartbeatEveryMs: number;
   private skippedBeats = 0;
   /** The peer's last `sentAt` and when (our monotonic ms) it arrived. */
   private peerSentAt = 0;
@@ -127,9 +128,23 @@ export class Link extends EventEmitter<LinkEvents> {
     this.on('newListener', (event) => {
       if (event === 'message' && this.held.length > 0) queueMicrotask(() => this.releaseHeld());
     });
+    this.heartbeatEveryMs = this.options.heartbeatMs;
     this.heartbeatTimer = setInterval(() => this.beat(), this.options.heartbeatMs);
     this.heartbeatTimer.unref();
     this.beat(); // at once: the peer learns we are here, and connect() waits for this frame
+  }
+
+  /**
+   * Changes how often this side sends heartbeats (ms). A connection whose peer judges
+   * liveness by another channel (the primary's heartbeat channel) needs only a keep-alive:
+   * fewer frames to build, send, read and decode on both sides.
+   */
+  setHeartbeatMs(ms: number): void {
+    if (this.closeInfo || ms === this.heartbeatEveryMs) return;
+    this.heartbeatEveryMs = ms;
+    clearInterval(this.heartbeatTimer);
+    this.heartbeatTimer = setInterval(() => this.beat(), ms);
+    this.heartbeatTimer.unref();
   }
 
   /** True once the link is closed (or closing): send() rejects. */
