@@ -280,14 +280,26 @@ describe('epoch store: contents', () => {
     expect(await collect(store)).toEqual(expectedAt(2));
   });
 
-  it('a commit cancelled before its manifest switch leaves the previous epoch, its pages unseen and no file', async () => {
+  it('a batch cancelled while open or before its manifest switch leaves the previous epoch, its pages unseen and no file', async () => {
     const dir = await tempDir();
     const store = await openStore(dir, { fsync: true });
     await commitWork(store, 1);
     const before = await collect(store);
+    // Cancelled while still open (a promotion while pages arrive): unseen at once, no more
+    // pages taken, no commit, and no file once aborted.
+    const open = store.begin({ lineage: LINEAGE, generation: 1, epoch: 2, base: 1, full: false });
+    await open.addPages(addrsOf([3, 4]), pagesOf(2, [3, 4]));
+    expect(epochOfPage((await store.readPage(addrOf(3)))!, 3)).toBe(2); // an open batch is read first
+    expect(open.cancelCommit()).toBe(true);
+    expect(epochOfPage((await store.readPage(addrOf(3)))!, 3)).toBe(before.get(3));
+    expect((await rejection(open.addPages(addrsOf([5]), pageOf(2, 5)))).message).toMatch(/cancelled/);
+    expect((await rejection(open.commit(makeState(2, [vma(0, 192)]), {}))).message).toMatch(/cancelled/);
+    await open.abort();
+    expect(store.committed!.epoch).toBe(1);
+    expect(await leftovers(dir)).toEqual([]);
+    // Cancelled while committing.
     const b = store.begin({ lineage: LINEAGE, generation: 1, epoch: 2, base: 1, full: false });
     await b.addPages(addrsOf([3, 4]), pagesOf(2, [3, 4]));
-    expect(b.cancelCommit()).toBe(false); // not committing yet
     const committing = b.commit(makeState(2, [vma(0, 192)]), {});
     expect(b.cancelCommit()).toBe(true);
     // At once, while the fsync may still run: the batch's pages are not visible any more.

@@ -1075,14 +1075,15 @@ export class EpochBatch {
   }
 
   /**
-   * Asks a commit in progress to give up before it switches the manifest (a promotion does
-   * not wait for an fsync that may take a hundred milliseconds). True: the committed epoch
-   * stays the previous one whatever happens next, the batch's pages are no longer visible,
-   * and its file goes once the fsync returns. False: not committing, or too late (the switch
-   * began): wait for the commit.
+   * Asks the batch never to commit (a promotion does not wait for the pages in hand, nor for
+   * an fsync that may take a hundred milliseconds). True: the committed epoch stays the
+   * previous one whatever happens next, the batch's pages are no longer visible, a later
+   * commit() fails, and its file goes once it is aborted (open) or its fsync returns
+   * (committing). False: too late (the manifest switch began: wait for the commit), or the
+   * batch is over.
    */
   cancelCommit(): boolean {
-    if (this.status !== 'committing' || this.switching) return false;
+    if ((this.status !== 'committing' && this.status !== 'open') || this.switching) return false;
     this.cancelRequested = true;
     return true;
   }
@@ -1122,6 +1123,7 @@ export class EpochBatch {
   private check(): Error | null {
     if (this.status === 'failed') return this.error;
     if (this.status !== 'open') return new StoreError('STATE', `the batch of epoch ${this.epoch} is ${this.status}`);
+    if (this.cancelRequested) return new StoreError('STATE', `the batch of epoch ${this.epoch} was cancelled`);
     return null;
   }
 

@@ -381,8 +381,10 @@ export class Standby extends EventEmitter {
       // complete batch or aborting a partial one, so that the image is built from one
       // committed epoch, not from a store that changes underneath.
       const td = performance.now();
-      // A commit in hand whose manifest switch has not begun is cancelled (its fsync can take
-      // longer than the rest of the promotion): the epoch restored is then the one before.
+      // The batch in hand, still receiving or committing, is cancelled unless its manifest
+      // switch has begun: the promotion then waits neither for the pages being decoded nor
+      // for an fsync (which can take longer than the rest of the promotion), and the epoch
+      // restored is the one before (never acknowledged, so nothing the primary was told).
       const cancelled = !this.#o.applyReceived && session ? session.abandon() : false;
       if (!cancelled) await session?.finished;
       const drainMs = performance.now() - td;
@@ -626,6 +628,8 @@ class Session {
   #inHand = 'waiting';
   /** The batch being committed, if any. */
   #committing: EpochBatch | undefined;
+  /** The batch being received (begin seen, end not yet). */
+  #open: EpochBatch | undefined;
 
   /**
    * Drops what is queued and not yet started: the run ends after the message in hand. A
@@ -637,7 +641,7 @@ class Session {
     this.#abandoned = true;
     this.#queue.length = 0;
     this.#queuedBytes = 0;
-    const cancelled = this.#committing?.cancelCommit() ?? false;
+    const cancelled = (this.#committing ?? this.#open)?.cancelCommit() ?? false;
     this.standby.log.debug({ inHand: this.#inHand, queued, commitCancelled: cancelled }, 'session abandoned');
     this.#wake?.();
     return cancelled;
@@ -735,6 +739,7 @@ class Session {
           case 'begin':
             if (batch) this.#fail('protocol error: begin inside an open batch');
             try { batch = s.begin(this.peer, m); } catch (e) { this.#fail(`batch refused: ${(e as Error).message}`); }
+            this.#open = batch;
             begin = m; wire = 0;
             break;
           case 'image': {
@@ -748,7 +753,10 @@ class Session {
           case 'pages':
             if (!batch || !begin) this.#fail('protocol error: pages outside a batch');
             if (m.epoch !== begin.epoch) this.#fail(`protocol error: pages for epoch ${m.epoch} inside batch ${begin.epoch}`);
-            try { wire += await s.addPages(batch, m); } catch (e) { this.#fail(`bad pages: ${(e as Error).message}`); }
+            try { wire += await s.addPages(batch, m); } catch (e) {
+              if (this.#abandoned) { this.endReason ||= `promoting: the batch of epoch ${m.epoch} was dropped`; return; }
+              this.#fail(`bad pages: ${(e as Error).message}`);
+            }
             break;
           case 'end': {
             if (!batch || !begin) this.#fail('protocol error: end outside a batch');
@@ -756,6 +764,7 @@ class Session {
             if (m.pages !== batch.pages) this.#fail(`batch ${m.epoch}: ${batch.pages} pages arrived, ${m.pages} were sent`);
             const b = batch;
             batch = undefined;
+            this.#open = undefined;
             const named = m.state.base;
             if (named && !bases.has(named) && !s.hasBase(named)) this.#fail(`batch ${m.epoch} names base image ${named}, which this standby does not have`);
             try {
@@ -784,6 +793,7 @@ class Session {
         }
       }
     } finally {
+      this.#open = undefined;
       if (batch) await batch.abort().catch((e: Error) => s.log.error({ err: e.message }, 'aborting a batch failed'));
       for (const w of bases.values()) await w.abort().catch(() => undefined);
     }
