@@ -18,7 +18,7 @@
 // the same threads (by TID) as in the base, and no new shared memory (REBASE_NEEDED).
 // Put outDir on a tmpfs (/dev/shm): restore reads it fastest there.
 import { constants as fsc } from 'node:fs';
-import { mkdirSync, readdirSync, writeFileSync } from 'node:fs';
+import { closeSync, mkdirSync, openSync, readdirSync, statSync, writeFileSync } from 'node:fs';
 import { copyFile, link, open, readdir, readFile, rm, stat } from 'node:fs/promises';
 import { join } from 'node:path';
 import type { EpochState } from '../../protocol/messages.js';
@@ -27,7 +27,7 @@ import { ImageBuildError } from './errors.js';
 import { applyFileStates, FileTable, reconcileFds, type FileState, type FilesResult } from './files.js';
 import { ImageFormatError, Magic, newImage, parseImage, readImage, serializeImage, type ImageFile } from './image-file.js';
 import { parseBaseVmas, patchMmEntry, planVmas } from './mm.js';
-import { parseBasePagemap, writePages, type LazyPagesInput, type PageSource, type PageStats } from './pages.js';
+import { parseBasePagemap, writeLazyPagesSync, writePages, type LazyPagesInput, type PageSource, type PageStats } from './pages.js';
 import { Message, ProtobufError } from './protobuf.js';
 import { resolveXsaveLayout, type XsaveLayout } from './xsave.js';
 
@@ -311,8 +311,10 @@ async function build(o: BuildEpochImageOptions, started: { out: boolean }): Prom
   const mode = o.copyMode ?? 'auto';
   const toCopy: string[] = [];
   for (const n of names) {
-    if (rewritten.has(n) || present.has(n)) continue;
-    const st = await stat(join(baseDir, n));
+    // Restore reads image files only (*.img); the dump's stats and our own metadata stay out.
+    if (rewritten.has(n) || present.has(n) || !n.endsWith('.img')) continue;
+    // Synchronous: a metadata lookup, while the thread pool may be busy with the store's I/O.
+    const st = statSync(join(baseDir, n));
     if (!st.isFile()) continue; // CRIU image directories are flat
     toCopy.push(n);
     copied.bytes += st.size;
@@ -362,22 +364,39 @@ async function build(o: BuildEpochImageOptions, started: { out: boolean }): Prom
 
   // --- pages --------------------------------------------------------------------------------
   const tPages = performance.now();
-  const basePages = await open(join(baseDir, pagesName), 'r');
   let pageStats: PageStats;
-  try {
-    const out = await open(join(outDir, pagesName), 'wx');
+  if (o.lazy) {
+    // Synchronous (see writeLazyPagesSync): a dozen pages on tmpfs.
+    const baseFd = openSync(join(baseDir, pagesName), 'r');
     try {
-      const r = await writePages({
-        vmas: planned, base: basePagemap, basePages, source: o.pages, out,
-        strict: o.strictPages ?? false, omitZeroPages: o.omitZeroPages ?? true, lazy: o.lazy,
-      });
-      pageStats = r.stats;
-      writeOut(outDir, `pagemap-${pid}.img`, serializeImage(newImage(Magic.PAGEMAP, [basePagemap.head, ...r.entries])));
+      const outFd = openSync(join(outDir, pagesName), 'wx');
+      try {
+        const r = writeLazyPagesSync({ vmas: planned, base: basePagemap, baseFd, outFd, lazy: o.lazy });
+        pageStats = r.stats;
+        writeOut(outDir, `pagemap-${pid}.img`, serializeImage(newImage(Magic.PAGEMAP, [basePagemap.head, ...r.entries])));
+      } finally {
+        closeSync(outFd);
+      }
     } finally {
-      await out.close();
+      closeSync(baseFd);
     }
-  } finally {
-    await basePages.close();
+  } else {
+    const basePages = await open(join(baseDir, pagesName), 'r');
+    try {
+      const out = await open(join(outDir, pagesName), 'wx');
+      try {
+        const r = await writePages({
+          vmas: planned, base: basePagemap, basePages, source: o.pages, out,
+          strict: o.strictPages ?? false, omitZeroPages: o.omitZeroPages ?? true,
+        });
+        pageStats = r.stats;
+        writeOut(outDir, `pagemap-${pid}.img`, serializeImage(newImage(Magic.PAGEMAP, [basePagemap.head, ...r.entries])));
+      } finally {
+        await out.close();
+      }
+    } finally {
+      await basePages.close();
+    }
   }
   const pagesMs = ms(tPages);
 
