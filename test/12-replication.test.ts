@@ -6,6 +6,8 @@ import { Standby } from '../src/standby/standby.js';
 import { TransportError } from '../src/transport/errors.js';
 import { connect } from '../src/transport/link.js';
 import { PROTOCOL_VERSION, type Message } from '../src/protocol/messages.js';
+import { readdirSync, readFileSync } from 'node:fs';
+import { HEARTBEAT_NICENESS } from '../src/primary/beats-channel.js';
 import { CliProcess } from './helpers/cli-process.js';
 import { freePort } from './helpers/ports.js';
 import { FaultyProxy } from './helpers/proxy.js';
@@ -186,6 +188,11 @@ describe('replication', () => {
     later(() => primary.stop());
     await until(() => primary.committedEpoch >= 3, 15_000, 'three commits');
     await until(() => primary.stats().heartbeatChannel, 5000, 'the heartbeat channel');
+    // That thread runs at a higher priority, not the process (this process is the primary;
+    // the heartbeat threads of the tests before may still be closing).
+    const nice = (t: string | number) => Number(readFileSync(`/proc/self/task/${t}/stat`, 'utf8').split(') ')[1]!.split(' ')[16]);
+    expect(readdirSync('/proc/self/task').map(nice)).toContain(HEARTBEAT_NICENESS);
+    expect(nice(process.pid)).not.toBe(HEARTBEAT_NICENESS);
     // Four times the detection time the standby announced (about 150 ms) with this
     // thread blocked: no timer, no socket write on it.
     Atomics.wait(new Int32Array(new SharedArrayBuffer(4)), 0, 0, 600);

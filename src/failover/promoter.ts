@@ -275,12 +275,6 @@ export async function promote(store: EpochStore, dir: string, o: PromotionOption
       mark('image built');
       for (const n of built.notes) log.info({ note: n }, 'image');
       log.debug({ timings: built.timings, pages: built.pages }, 'image built');
-      // Written while the image was built; what is left of its fsync counts as preparation
-      // (on a disk busy with the store's writes it can take longer than the build).
-      const tg = performance.now();
-      await generationSet;
-      timings.prepareMs += performance.now() - tg;
-      mark('generation durable');
       if (lazyUsed) {
         let lr: LazyRestore;
         try {
@@ -316,9 +310,17 @@ export async function promote(store: EpochStore, dir: string, o: PromotionOption
         timings.restoreMs = r.ms;
         pid = r.pid;
       }
-      // Restored stopped: put closed sockets where connections made after the base were,
-      // then let it run.
+      // Restored stopped. The generation was written while the image was built and CRIU
+      // restored: it must be durable before the process runs (from then on a stale primary
+      // is refused even by a standby restarted after a crash); what is left of its fsync
+      // counts as preparation (on a disk busy with the store's writes it can take longer
+      // than the build and the restore).
       mark('restored');
+      const tg = performance.now();
+      await generationSet;
+      timings.prepareMs += performance.now() - tg;
+      mark('generation durable');
+      // Put closed sockets where connections made after the base were, then let it run.
       const tr = performance.now();
       await placeMissingDescriptors(pid, c.state, log);
       timings.restoreMs += performance.now() - tr;

@@ -22,6 +22,8 @@ export interface BeatsWorkerData {
   hello: HelloMsg;
   /** One Float64: Date.now() when the worker last heard the standby. */
   heard: SharedArrayBuffer;
+  /** The thread's nice value (-20..19; lower runs first). */
+  niceness: number;
 }
 
 export type BeatsToMain =
@@ -44,6 +46,9 @@ function startWorker(data: BeatsWorkerData): Worker {
   return new Worker(`import('tsx/esm/api').then((tsx) => tsx.tsImport(${ts}, ${ts}))`, { ...options, eval: true });
 }
 
+/** The heartbeat thread's nice value (see heartbeat-worker.ts). */
+export const HEARTBEAT_NICENESS = -10;
+
 export class BeatsChannel {
   readonly #worker: Worker;
   readonly #heard: Float64Array;
@@ -55,7 +60,7 @@ export class BeatsChannel {
     const shared = new SharedArrayBuffer(8);
     this.#heard = new Float64Array(shared);
     const security = o.security.kind === 'psk' ? { kind: 'psk' as const, key: new Uint8Array(o.security.key) } : o.security;
-    const data: BeatsWorkerData = { host: o.host, port: o.port, security, heartbeatMs: o.heartbeatMs, hello: o.hello, heard: shared };
+    const data: BeatsWorkerData = { host: o.host, port: o.port, security, heartbeatMs: o.heartbeatMs, hello: o.hello, heard: shared, niceness: HEARTBEAT_NICENESS };
     this.#worker = startWorker(data);
     this.#worker.unref();
     const setOpen = (open: boolean): void => {
