@@ -36,6 +36,22 @@ describe('failure detector', () => {
     expect(unannounced.expectedDetectionMs()).toBeGreaterThan(before + 100);
   });
 
+  it('says how long until it would suspect (what the standby sleeps before looking again)', () => {
+    for (const d of [new PhiDetector({ heartbeatMs: 50 }), createDetector({ kind: 'timeout', timeoutMs: 200 })]) {
+      expect(d.msUntilSuspected(1000)).toBe(Infinity); // nothing heard yet
+      let t = 0;
+      for (let i = 0; i < 50; i++) { t += 50; d.heartbeat(t, 1e6 + t); }
+      const full = d.expectedDetectionMs();
+      expect(d.msUntilSuspected(t)).toBeCloseTo(full, 6);
+      expect(d.msUntilSuspected(t + 40)).toBeCloseTo(full - 40, 6);
+      expect(d.suspected(t + d.msUntilSuspected(t + 40) + 40 - 1)).toBe(false);
+      expect(d.suspected(t + d.msUntilSuspected(t + 40) + 40 + 1)).toBe(true);
+      expect(d.msUntilSuspected(t + full + 5)).toBe(0);
+      d.heartbeat(t + 100, 1e6 + t + 100); // a late heartbeat moves it on
+      expect(d.msUntilSuspected(t + 100)).toBeGreaterThan(full - 60);
+    }
+  });
+
   it('fixed timeout: suspected exactly after the timeout', () => {
     const d = createDetector({ kind: 'timeout', timeoutMs: 200 });
     d.heartbeat(1000);

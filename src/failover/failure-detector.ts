@@ -24,6 +24,11 @@ export interface FailureDetector {
   suspected(now?: number): boolean;
   /** Milliseconds of silence after a regular heartbeat until `suspected()` (for the CLI's summary). */
   expectedDetectionMs(): number;
+  /**
+   * Milliseconds from `now` until `suspected()` turns true if nothing more arrives (0: it
+   * is; Infinity: nothing heard yet). What a watcher sleeps before looking again.
+   */
+  msUntilSuspected(now?: number): number;
   /** Forget the history (a new connection). */
   reset(): void;
   readonly description: string;
@@ -134,6 +139,12 @@ export class PhiDetector implements FailureDetector {
     return this.suspicion(now) >= this.threshold;
   }
 
+  msUntilSuspected(now = performance.now()): number {
+    const last = this.#lastAlive ?? this.#lastBeat;
+    if (last === undefined) return Infinity;
+    return Math.max(0, last + this.expectedDetectionMs() - now);
+  }
+
   expectedDetectionMs(): number {
     let lo = 0;
     let hi = 3_600_000;
@@ -163,6 +174,9 @@ export class FixedTimeoutDetector implements FailureDetector {
   }
   suspected(now = performance.now()): boolean { return this.suspicion(now) === Infinity; }
   expectedDetectionMs(): number { return this.timeoutMs; }
+  msUntilSuspected(now = performance.now()): number {
+    return this.#last === undefined ? Infinity : Math.max(0, this.#last + this.timeoutMs - now);
+  }
   learnt(): { meanMs: number; stdMs: number } { return { meanMs: 0, stdMs: 0 }; }
 }
 
