@@ -9,6 +9,7 @@ import { join } from 'node:path';
 import { afterEach, describe, expect, it } from 'vitest';
 import { EpochStore, StoreError, readCommittedInfo, type StoreFailpoint } from '../src/standby/epoch-store.js';
 import { PageIndex } from '../src/standby/store/page-index.js';
+import { RecentPages } from '../src/standby/store/recent-pages.js';
 import {
   LINEAGE, WORK_PAGES, addrOf, addrsOf, collect, commitWork, epochOfPage, expectedAt, lastReported, makeState,
   pageOf, pagesOf, spawnStoreChild, vma, workload,
@@ -126,6 +127,28 @@ describe('epoch store: page index', () => {
     for (const k of idx.keys()) idx.delete(k);
     expect(idx.size).toBe(0);
     expect(idx.sorted().keys.length).toBe(0);
+  });
+});
+
+describe('epoch store: recent pages', () => {
+  it('hold the newest content of at most `capacity` pages (CLOCK eviction); delete and clear forget', () => {
+    const r = new RecentPages(4);
+    const page = (n: number) => Buffer.alloc(4096, n);
+    const pns = (...xs: number[]) => Float64Array.from(xs);
+    r.put(pns(10, 11, 12, 13), Buffer.concat([page(1), page(2), page(3), page(4)]));
+    const out = Buffer.alloc(8192);
+    expect(r.get(11, out, 4096)).toBe(true);
+    expect(out.subarray(4096)).toEqual(page(2));
+    r.put(pns(11), page(9)); // a newer version replaces the held one
+    expect(r.get(11, out, 0) && out.subarray(0, 4096).equals(page(9))).toBe(true);
+    r.put(pns(20, 21), Buffer.concat([page(5), page(6)])); // two evictions
+    expect(r.size).toBe(4);
+    expect([10, 11, 12, 13, 20, 21].filter((n) => r.get(n, out, 0))).toHaveLength(4);
+    r.delete(20);
+    expect(r.get(20, out, 0)).toBe(false);
+    r.clear();
+    expect(r.size).toBe(0);
+    expect(r.get(21, out, 0)).toBe(false);
   });
 });
 

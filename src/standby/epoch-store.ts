@@ -111,6 +111,7 @@ import {
 } from './store/format.js';
 import { DirLock } from './store/lock.js';
 import { PageIndex } from './store/page-index.js';
+import { RecentPages } from './store/recent-pages.js';
 import { SegmentWriter, readExactly, readExactlySync, writevAll } from './store/segment-writer.js';
 
 export { StoreError, type StoreErrorCode } from './store/errors.js';
@@ -139,6 +140,11 @@ export interface EpochStoreOptions {
   fsync?: boolean;
   /** Compact in the background after a commit when the rule says so (default true). */
   autoCompact?: boolean;
+  /**
+   * Pages whose newest content is kept in memory to serve reads (the decoder's delta
+   * bases) without a pread each: see RecentPages. Default 8192 (32 MiB); 0: none.
+   */
+  recentPages?: number;
   /** Testing: called at each StoreFailpoint; it may throw (an injected I/O error) or kill the process. */
   failpoint?: (point: StoreFailpoint) => void;
 }
@@ -339,6 +345,8 @@ export class EpochStore {
   private compaction: Promise<void> | null = null;
   private compactCancel = false;
   private compactHolds = 0;
+  /** @internal The newest content of recently written pages (see RecentPages). */
+  readonly recent: RecentPages | null;
   private compactCooldown = 0;
   private closed = false;
   private closing = false;
@@ -350,6 +358,9 @@ export class EpochStore {
     this.lock = lock;
     this.fsync = options.fsync ?? true;
     this.autoCompact = options.autoCompact ?? true;
+    const recent = options.recentPages ?? 8192;
+    if (!Number.isSafeInteger(recent) || recent < 0) throw new RangeError(`recentPages must be a non-negative integer, got ${String(options.recentPages)}`);
+    this.recent = recent > 0 ? new RecentPages(recent) : null;
     this.failpoint = options.failpoint;
   }
 
@@ -399,6 +410,8 @@ export class EpochStore {
       if (b.base !== c.epoch) throw new StoreError('MISMATCH', `batch base ${b.base} does not match committed epoch ${c.epoch}`);
       if (b.epoch <= b.base) throw new StoreError('MISMATCH', `batch epoch ${b.epoch} is not after its base ${b.base}`);
     }
+    // A full batch replaces everything: what is held may not survive it.
+    if (b.full) this.recent?.clear();
     const seq = this.nextSeq++;
     const batch = new EpochBatch(this, { ...b }, seq, join(this.dir, segmentName(seq)));
     this.batch = batch;
@@ -488,6 +501,7 @@ export class EpochStore {
   readPageInto(addr: bigint, out: Buffer, at: number): true | null | undefined {
     this.assertOpen();
     const pn = pageNumberOf(addr);
+    if (this.recent?.get(pn, out, at)) return true;
     const b = this.batch;
     if (b) {
       const r = b.lookup(pn);
@@ -599,6 +613,8 @@ export class EpochStore {
   /** @internal the batch is finished (committed, aborted or failed). */
   release(batch: EpochBatch): void {
     if (this.batch === batch) this.batch = null;
+    // Its pages were held as the newest versions: not any more.
+    if (!batch.isCommitted) this.recent?.clear();
   }
 
   /**
@@ -668,6 +684,7 @@ export class EpochStore {
             if (covers(cov, k)) return;
             if (v !== ZERO) lost.push(k);
             index.delete(k);
+            this.recent?.delete(k);
           });
         }
         for (let i = 0; i < pageNos.length; i++) {
@@ -1042,6 +1059,7 @@ export class EpochBatch {
     }
     const { firstSlot, referenced } = this.writer.append(data, addrs.length);
     for (let i = 0; i < pns.length; i++) this.map.set(pns[i]!, firstSlot + i);
+    this.store.recent?.put(pns, data);
     this.added += addrs.length;
     return this.writer.settle(referenced ? firstSlot + addrs.length : undefined);
   }
@@ -1057,6 +1075,8 @@ export class EpochBatch {
       return Promise.reject(e);
     }
     for (let i = 0; i < pns.length; i++) this.map.set(pns[i]!, ZERO);
+    const recent = this.store.recent;
+    if (recent) for (let i = 0; i < pns.length; i++) recent.delete(pns[i]!);
     this.added += addrs.length;
     return Promise.resolve();
   }
@@ -1085,8 +1105,12 @@ export class EpochBatch {
   cancelCommit(): boolean {
     if ((this.status !== 'committing' && this.status !== 'open') || this.switching) return false;
     this.cancelRequested = true;
+    this.store.recent?.clear(); // its pages are unseen from now on
     return true;
   }
+
+  /** @internal */
+  get isCommitted(): boolean { return this.status === 'committed'; }
 
   /** Drops the batch; the committed epoch is untouched. */
   async abort(): Promise<void> {
@@ -1152,7 +1176,8 @@ export class EpochBatch {
       const stateBytes = encodeState(state);
       // The batch's final page table, inside the state's VMAs, ascending.
       const map = this.map;
-      map.forEach((_v, k) => { if (!covers(cov, k)) map.delete(k); });
+      const recent = this.store.recent;
+      map.forEach((_v, k) => { if (!covers(cov, k)) { map.delete(k); recent?.delete(k); } });
       const { keys: pageNos, vals } = map.sorted();
       const slots = Int32Array.from(vals);
       const meta: SegmentMeta = {
