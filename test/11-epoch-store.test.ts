@@ -115,7 +115,9 @@ describe('epoch store: page index', () => {
     }
     expect(idx.size).toBe(ref.size);
     const want = [...ref].sort((a, b) => a[0] - b[0]);
-    expect([...idx]).toEqual(want);
+    const pairs: Array<[number, number]> = [];
+    idx.forEach((v, k) => pairs.push([k, v]));
+    expect(pairs).toEqual(want);
     const { keys, vals } = idx.sorted();
     expect(Array.from(keys)).toEqual(want.map((e) => e[0]));
     expect(Array.from(vals)).toEqual(want.map((e) => e[1]));
@@ -123,8 +125,8 @@ describe('epoch store: page index', () => {
     let seen = 0;
     idx.forEach((_v, k) => { seen++; if (k % 2 === 0) idx.delete(k); });
     expect(seen).toBe(want.length);
-    expect([...idx.keys()]).toEqual(want.map((e) => e[0]).filter((k) => k % 2 !== 0));
-    for (const k of idx.keys()) idx.delete(k);
+    expect(Array.from(idx.sorted().keys)).toEqual(want.map((e) => e[0]).filter((k) => k % 2 !== 0));
+    idx.forEach((_v, k) => idx.delete(k));
     expect(idx.size).toBe(0);
     expect(idx.sorted().keys.length).toBe(0);
   });

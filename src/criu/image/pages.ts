@@ -152,16 +152,17 @@ class PagesWriter {
     let q = this.#queue;
     this.#queue = [];
     this.#queued = 0;
-    while (q.length > 0) {
-      const { bytesWritten } = await this.#fh.writev(q);
-      // A short write: drop what went out and go on with the rest.
-      let left = bytesWritten;
-      let i = 0;
-      while (i < q.length && left >= q[i]!.length) left -= q[i++]!.length;
-      q = q.slice(i);
-      if (left > 0) q[0] = q[0]!.subarray(left);
-    }
+    while (q.length > 0) q = unwritten(q, (await this.#fh.writev(q)).bytesWritten);
   }
+}
+
+/** What is left of `q` after a (possibly short) write of `written` bytes. */
+function unwritten(q: Buffer[], written: number): Buffer[] {
+  let i = 0;
+  while (i < q.length && written >= q[i]!.length) written -= q[i++]!.length;
+  const rest = q.slice(i);
+  if (written > 0) rest[0] = rest[0]!.subarray(written);
+  return rest;
 }
 
 /** PagesWriter's synchronous twin for the few pages of a lazy image. */
@@ -181,13 +182,7 @@ class SyncPagesWriter {
   flush(): void {
     let q = this.#queue;
     this.#queue = [];
-    while (q.length > 0) {
-      let left = writevSync(this.#fd, q);
-      let i = 0;
-      while (i < q.length && left >= q[i]!.length) left -= q[i++]!.length;
-      q = q.slice(i);
-      if (left > 0) q[0] = q[0]!.subarray(left);
-    }
+    while (q.length > 0) q = unwritten(q, writevSync(this.#fd, q));
   }
 }
 
@@ -264,8 +259,6 @@ export interface WritePagesOptions {
   strict: boolean;
   /** Leave all-zero source pages of anonymous mappings out (they restore as zeros anyway). */
   omitZeroPages: boolean;
-  /** Lazy restore: see LazyPagesInput (the `source` is not read then). */
-  lazy?: LazyPagesInput;
 }
 
 /**
@@ -288,9 +281,8 @@ export interface LazyPagesSyncOptions {
   lazy: LazyPagesInput;
 }
 
-/** Writes the new pages file; returns the pagemap entries (after the head) and counts. */
+/** Writes the new pages file of an eager image (lazy: writeLazyPagesSync); returns the pagemap entries (after the head) and counts. */
 export async function writePages(o: WritePagesOptions): Promise<{ entries: Buffer[]; stats: PageStats }> {
-  if (o.lazy) return writeLazyPagesSync({ vmas: o.vmas, base: o.base, baseFd: o.basePages.fd, outFd: o.out.fd, lazy: o.lazy });
   const stats: PageStats = { fromSource: 0, fromBase: 0, lazy: 0, zeroWritten: 0, zeroOmitted: 0, outside: 0, ignored: 0, entries: 0, bytes: 0 };
   const writer = new PagesWriter(o.out);
   const entries: Buffer[] = [];
@@ -453,12 +445,10 @@ export function* pagesFromRanges(ranges: BigUint64Array, pages: Buffer): Generat
  * The pagemap and pages file of a lazy image, from page runs: lazy VMAs get LAZY entries
  * for the replicated runs and the base's runs (no data: the page server has them), in time
  * proportional to the runs, not the pages; other private VMAs are written as usual.
- */
-/**
- * The lazy image's pages, synchronously: a promotion builds it while the standby's event
- * loop and thread pool are busy (the session it abandoned, the store), and each asynchronous
- * step resumed behind that work (20-30 ms for a dozen pages at 1 GiB). The pages written
- * are the few of VMAs that cannot be lazy, on tmpfs.
+ * Synchronous: a promotion builds it while the standby's event loop and thread pool are
+ * busy (the session it abandoned, the store), and each asynchronous step resumed behind
+ * that work (20-30 ms for a dozen pages at 1 GiB). The pages written are the few of VMAs
+ * that cannot be lazy, on tmpfs.
  */
 export function writeLazyPagesSync(o: LazyPagesSyncOptions): { entries: Buffer[]; stats: PageStats } {
   const { runs, lookup } = o.lazy;

@@ -76,23 +76,6 @@ export class PageIndex {
     }
   }
 
-  *keys(): IterableIterator<number> {
-    for (const [k] of this.entries()) yield k;
-  }
-
-  *entries(): IterableIterator<[number, number]> {
-    for (const bn of this.#sortedBlocks()) {
-      const b = this.#blocks.get(bn);
-      if (!b) continue;
-      for (let i = 0; i < BLOCK; i++) {
-        const v = b.v[i]!;
-        if (v === v) yield [bn * BLOCK + i, v];
-      }
-    }
-  }
-
-  [Symbol.iterator](): IterableIterator<[number, number]> { return this.entries(); }
-
   /** Every page number and its value, ascending, as two arrays (one pass, no hashing per page). */
   sorted(): { keys: Float64Array; vals: Float64Array } {
     const keys = new Float64Array(this.#size);
