@@ -4,6 +4,7 @@
 //   probe()            kernel capabilities, probed once
 //   chooseBackend(n)   which dirty-tracking backend a request resolves to, and why
 //   releasePages(buf)  give an epoch's page buffer back for reuse (empties `buf`)
+//   externalMemory()   V8's external memory count (for tests of the accounting)
 //   parsePagemap(b,a)  pure pagemap parsing, exposed so it can be tested on bytes
 //   compressPages(b)   whole pages, zero pages split out, the rest as one LZ4 block
 //   decompressBlock()  the reverse, bounded
@@ -53,6 +54,13 @@ Napi::Value Choose(const Napi::CallbackInfo& info) {
 Napi::Value Release(const Napi::CallbackInfo& info) {
   ReleasePages(info.Env(), info[0]);
   return info.Env().Undefined();
+}
+
+// V8's count of external memory, the one that schedules full collections (not the
+// backing-store bytes that v8.getHeapStatistics() reports): tests check that handing page
+// buffers out and taking them back leaves it where it was.
+Napi::Value ExternalMemory(const Napi::CallbackInfo& info) {
+  return Napi::Number::New(info.Env(), static_cast<double>(Napi::MemoryManagement::AdjustExternalMemory(info.Env(), 0)));
 }
 
 Napi::Value ParsePagemapJs(const Napi::CallbackInfo& info) {
@@ -243,6 +251,7 @@ Napi::Object InitModule(Napi::Env env, Napi::Object exports) {
   exports.Set("probe", Napi::Function::New<Probe>(env, "probe"));
   exports.Set("chooseBackend", Napi::Function::New<Choose>(env, "chooseBackend"));
   exports.Set("releasePages", Napi::Function::New<Release>(env, "releasePages"));
+  exports.Set("externalMemory", Napi::Function::New<ExternalMemory>(env, "externalMemory"));
   exports.Set("parsePagemap", Napi::Function::New<ParsePagemapJs>(env, "parsePagemap"));
   exports.Set("compressPages", Napi::Function::New<CompressPagesJs>(env, "compressPages"));
   exports.Set("decompressBlock", Napi::Function::New<DecompressBlockJs>(env, "decompressBlock"));

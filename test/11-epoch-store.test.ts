@@ -640,7 +640,7 @@ describe('epoch store: crashes', () => {
 describe('epoch store: compaction', () => {
   it('many small epochs rewriting the same pages trigger it; contents identical before and after', async () => {
     const dir = await tempDir();
-    const store = await openStore(dir, { fsync: false });
+    const store = await openStore(dir, { fsync: false, deadRatio: 1 });
     const b = store.begin({ lineage: LINEAGE, generation: 1, epoch: 1, base: 0, full: true });
     await b.addPages(addrsOf(range(0, 64)), pagesOf(1, range(0, 64)));
     await b.addZeroPages(addrsOf(range(64, 80)));
@@ -681,9 +681,35 @@ describe('epoch store: compaction', () => {
     expect(again.committed!.state).toEqual(before.state);
   });
 
+  it('the default rule waits for 3 dead pages per live one; deadRatio changes it and is checked', async () => {
+    const segmentsBeforeCompaction = async (options: { deadRatio?: number }): Promise<number> => {
+      const store = await openStore(await tempDir(), { fsync: false, ...options });
+      const b = store.begin({ lineage: LINEAGE, generation: 1, epoch: 1, base: 0, full: true });
+      await b.addPages(addrsOf(range(0, 64)), pagesOf(1, range(0, 64)));
+      await b.commit(makeState(1, [vma(0, 64)]), {});
+      let most = 0;
+      for (let e = 2; e <= 40; e++) {
+        const idx = range(0, 16).map((k) => (k * 4 + e) % 64);
+        const d = store.begin({ lineage: LINEAGE, generation: 1, epoch: e, base: e - 1, full: false });
+        await d.addPages(addrsOf(idx), pagesOf(e, idx));
+        await d.commit(makeState(e, [vma(0, 64)]), {});
+        most = Math.max(most, store.stats().segments);
+        await store.idle();
+      }
+      expect(store.lastCompactionError).toBeNull();
+      await closeStore(store);
+      return most;
+    };
+    // 64 live pages, 16 dead per delta: dead > 3 x 64 after the 13th delta (14 segments);
+    // dead > 2 x 64 after the 9th.
+    expect(await segmentsBeforeCompaction({})).toBe(14);
+    expect(await segmentsBeforeCompaction({ deadRatio: 2 })).toBe(10);
+    await expect(EpochStore.open(await tempDir(), { deadRatio: 0 })).rejects.toThrow(/deadRatio must be a positive number, got 0/);
+  });
+
   it('held (as a promotion holds it): a running compaction is cancelled, none starts; released, it runs again', async () => {
     const dir = await tempDir();
-    const store = await openStore(dir, { fsync: false });
+    const store = await openStore(dir, { fsync: false, deadRatio: 1 });
     const b = store.begin({ lineage: LINEAGE, generation: 1, epoch: 1, base: 0, full: true });
     await b.addPages(addrsOf(range(0, 64)), pagesOf(1, range(0, 64)));
     await b.commit(makeState(1, [vma(0, 128)]), {});

@@ -209,9 +209,8 @@ void ReleasePages(Napi::Env env, Napi::Value value) {
   // Detach first: after this no JS view can reach the memory we hand back.
   Napi::ArrayBuffer ab = buf.ArrayBuffer();
   if (ab.IsDetached()) return;
-  ab.Detach();
+  DetachCounted(env, ab, &lent->bytes);
   GiveBack(lent);
-  (void)env;
 }
 
 }  // namespace remus

@@ -690,7 +690,7 @@ Napi::Value ReleaseDecodedJs(const Napi::CallbackInfo& info) {
   }
   // Detach first: after this no JS view can reach the memory we hand back.
   Napi::ArrayBuffer ab = buf.ArrayBuffer();
-  if (!ab.IsDetached()) ab.Detach();
+  if (!ab.IsDetached()) DetachCounted(env, ab, &lent->bytes);
   GiveBack(lent);
   return env.Undefined();
 }

@@ -169,6 +169,8 @@ export interface NativeAddon {
   probe(): KernelCaps;
   chooseBackend(name: BackendRequest): BackendChoice;
   releasePages(buf: Buffer): void;
+  /** V8's external memory count, which schedules full collections (for tests of the accounting). */
+  externalMemory(): number;
   /**
    * Splits out zero pages and LZ4-compresses the rest as one block (`compressed` false:
    * LZ4 did not pay and `data` is the pages as they are). `addrs` and the returned
