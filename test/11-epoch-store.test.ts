@@ -10,6 +10,7 @@ import { afterEach, describe, expect, it } from 'vitest';
 import { EpochStore, StoreError, readCommittedInfo, type StoreFailpoint } from '../src/standby/epoch-store.js';
 import { PageIndex } from '../src/standby/store/page-index.js';
 import { RecentPages } from '../src/standby/store/recent-pages.js';
+import { native } from '../src/native/binding.js';
 import {
   LINEAGE, WORK_PAGES, addrOf, addrsOf, collect, commitWork, epochOfPage, expectedAt, lastReported, makeState,
   pageOf, pagesOf, spawnStoreChild, vma, workload,
@@ -151,6 +152,53 @@ describe('epoch store: recent pages', () => {
     r.clear();
     expect(r.size).toBe(0);
     expect(r.get(21, out, 0)).toBe(false);
+  });
+
+  it('getMany copies the held pages to the pages asked in one call and names the others; put keeps the later of a page given twice', () => {
+    const r = new RecentPages(8);
+    const page = (n: number) => Buffer.alloc(4096, n);
+    r.put(Float64Array.from([1, 2, 3, 2]), Buffer.concat([page(1), page(2), page(3), page(22)]));
+    const out = Buffer.alloc(5 * 4096, 0xee);
+    const missed = r.getMany(Float64Array.from([3, 9, 2, 1, 7]), out, Int32Array.from([4, 0, 1, 2, 3]));
+    expect(missed).toEqual([1, 4]); // pages 9 and 7
+    expect(out.subarray(4 * 4096)).toEqual(page(3));
+    expect(out.subarray(4096, 2 * 4096)).toEqual(page(22));
+    expect(out.subarray(2 * 4096, 3 * 4096)).toEqual(page(1));
+    expect(out.subarray(0, 4096)).toEqual(Buffer.alloc(4096, 0xee)); // a miss leaves its page alone
+  });
+
+  it('copyPages refuses an index out of range and copies nothing', () => {
+    const src = Buffer.alloc(2 * 4096, 7);
+    const dst = Buffer.alloc(2 * 4096, 0);
+    expect(() => native().copyPages(src, Int32Array.from([0, 2]), dst, Int32Array.from([0, 1]))).toThrow(/copyPages: page index 1 out of range \(2 -> 1\)/);
+    expect(() => native().copyPages(src, Int32Array.from([0]), dst, Int32Array.from([-1]))).toThrow(RangeError);
+    expect(() => native().copyPages(src, Int32Array.from([0]), dst, Int32Array.from([0, 1]))).toThrow(/differ in length/);
+    expect(() => native().copyPages(src, Uint32Array.from([0]) as unknown as Int32Array, dst, Int32Array.from([0]))).toThrow(TypeError);
+    expect(dst.equals(Buffer.alloc(2 * 4096, 0))).toBe(true);
+    native().copyPages(src, Int32Array.from([1]), dst, Int32Array.from([0]));
+    expect(dst.subarray(0, 4096).equals(Buffer.alloc(4096, 7))).toBe(true);
+  });
+
+  it('readPagesInto gives what readPageInto gives, page by page: recent, evicted, in the open batch, zero, absent', async () => {
+    const store = await openStore(await tempDir(), { fsync: false, recentPages: 4 });
+    const b1 = store.begin({ lineage: LINEAGE, generation: 1, epoch: 1, base: 0, full: true });
+    await b1.addPages(addrsOf(range(0, 16)), pagesOf(1, range(0, 16))); // only 4 stay recent
+    await b1.addZeroPages(addrsOf([16]));
+    await b1.commit(makeState(1, [vma(0, 32)]), {});
+    const b2 = store.begin({ lineage: LINEAGE, generation: 1, epoch: 2, base: 1, full: false });
+    await b2.addPages(addrsOf([3, 20]), pagesOf(2, [3, 20]));
+    await b2.addZeroPages(addrsOf([5]));
+    const ask = [0, 3, 5, 15, 16, 20, 21, 9, 14];
+    const many = Buffer.alloc(ask.length * 4096, 0xee);
+    store.readPagesInto(addrsOf(ask), many, Int32Array.from(ask.map((_, i) => ask.length - 1 - i)));
+    for (let i = 0; i < ask.length; i++) {
+      const one = Buffer.alloc(4096, 0xee);
+      store.readPageInto(addrOf(ask[i]!), one, 0);
+      const at = (ask.length - 1 - i) * 4096;
+      expect(many.subarray(at, at + 4096).equals(one)).toBe(true);
+    }
+    expect(epochOfPage(many.subarray((ask.length - 2) * 4096, (ask.length - 1) * 4096), 3)).toBe(2); // the open batch's version
+    await b2.abort();
   });
 });
 

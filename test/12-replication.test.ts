@@ -172,6 +172,61 @@ describe('replication', () => {
     await until(() => primary.committedEpoch > before + 2, 10_000, 'commits to go on');
   });
 
+  it('a primary that stops while its data connection is behind is not taken for dead: its goodbye comes first on the heartbeat channel', async () => {
+    const { standby, proxy, t, primary } = await setup({ pages: 1024, viaProxy: true });
+    await until(() => primary.committedEpoch >= 2 && standby.stats().heartbeatChannel, 15_000, 'two commits and the heartbeat channel');
+    const suspected: unknown[] = [];
+    standby.on('suspect', (e: unknown) => suspected.push(e));
+    // A slow link: the data connection falls behind by seconds, the heartbeats (small) do not.
+    proxy!.rate = 4000;
+    await t.ok('rand 30 100');
+    await until(() => primary.stats().lagMs > 1000, 10_000, 'a backlog on the data connection');
+    await primary.stop();
+    // The data connection's goodbye would come seconds later, behind the backlog (here it
+    // never comes: the proxy drops what it holds when the primary closes); the heartbeats
+    // stop now. Without a goodbye on their channel, their silence looked like death.
+    await new Promise((r) => setTimeout(r, 1500));
+    expect(suspected).toEqual([]);
+    expect(standby.stats().role).toBe('standby');
+  });
+
+  it('the standby answers on the heartbeat channel as often as the hello asked (beatsMs), not at its own rate', async () => {
+    const dir = tempDir('repl-beatsms');
+    later(() => dir.remove());
+    const { security } = makeKey(dir.path);
+    const standby = await Standby.start({ host: '127.0.0.1', port: 0, dir: `${dir.path}/standby`, security, heartbeatMs: 20 });
+    later(() => standby.stop());
+    const hello = { t: 'hello' as const, proto: PROTOCOL_VERSION, role: 'primary' as const, lineage: 'lin-beatsms', generation: 1, pid: 4242, host: 'h', agent: 'test' };
+    const data = await connect({ host: '127.0.0.1', port: standby.port, security, timeoutMs: 5000 });
+    later(() => data.close());
+    const welcome = new Promise<Message>((resolve) => data.on('message', (m: Message) => { if (m.t !== 'hb') resolve(m); }));
+    await data.send(hello);
+    const w = await welcome;
+    expect(w.t).toBe('welcome');
+    const session = w.t === 'welcome' ? w.session : undefined;
+    expect(session).toBeTruthy();
+    const countBeats = async (beatsMs: number | undefined): Promise<number> => {
+      const beats = await connect({ host: '127.0.0.1', port: standby.port, security, heartbeatMs: 20, timeoutMs: 5000 });
+      try {
+        const answer = new Promise<Message>((resolve) => beats.on('message', (m: Message) => { if (m.t !== 'hb') resolve(m); }));
+        await beats.send({ ...hello, channel: 'beats', session, ...(beatsMs === undefined ? {} : { beatsMs }) });
+        expect((await answer).t).toBe('welcome');
+        let n = 0;
+        beats.on('heartbeat', () => { n++; });
+        await new Promise((r) => setTimeout(r, 1000));
+        return n;
+      } finally {
+        await beats.close();
+      }
+    };
+    // Asked for one every 250 ms: about 4 in a second. Not asked: the standby's 20 ms, about 50.
+    const asked = await countBeats(250);
+    const own = await countBeats(undefined);
+    expect(asked).toBeGreaterThanOrEqual(2);
+    expect(asked).toBeLessThanOrEqual(7);
+    expect(own).toBeGreaterThan(20);
+  });
+
   it('heartbeats come from a thread of their own: a primary whose event loop stalls is not suspected', async () => {
     // The standby in its own process (this one is about to stall), without auto-promotion:
     // a suspicion shows as its 'suspect' event.

@@ -21,7 +21,7 @@
 import { native, type DeltaEncodeStats, type NativeShadowCache, type ParsedDeltaBatch, type ShadowCacheStats } from '../native/binding.js';
 import {
   Lz4PageDecoder, PAGE_SIZE, addrsToBuffer, bufferToAddrs,
-  type DecodedPages, type EncodedPages, type PageDecoder, type PageEncoder, type ReadBase, type ReadBaseInto,
+  type DecodedPages, type EncodedPages, type PageDecoder, type PageEncoder, type ReadBase, type ReadBasesInto,
 } from './page-codec.js';
 
 export type { DeltaEncodeStats, ShadowCacheStats } from '../native/binding.js';
@@ -181,7 +181,7 @@ export class DeltaPageDecoder implements PageDecoder {
    * instead (no buffer and no await per page: what the standby uses). Rejects with a
    * PageCodecError and returns nothing when any part of the message is wrong.
    */
-  async decode(msg: EncodedPages, readBase?: ReadBase | { into: ReadBaseInto }): Promise<DecodedPages> {
+  async decode(msg: EncodedPages, readBase?: ReadBase | { into: ReadBasesInto }): Promise<DecodedPages> {
     if (msg.codec !== 'delta') return this.#fallback.decode(msg);
     if (msg.addrs.length || msg.zeros.length)
       throw new PageCodecError("pages: codec 'delta' carries its addresses inside data; addrs and zeros must be empty");
@@ -205,14 +205,14 @@ export class DeltaPageDecoder implements PageDecoder {
     }
   }
 
-  async #applyInPlace(parsed: ParsedDeltaBatch, pages: Buffer, readBase?: ReadBase | { into: ReadBaseInto }): Promise<DecodedPages> {
+  async #applyInPlace(parsed: ParsedDeltaBatch, pages: Buffer, readBase?: ReadBase | { into: ReadBasesInto }): Promise<DecodedPages> {
     const n = native();
     if (parsed.delta) {
       if (!readBase) throw new PageCodecError(`pages: the batch has ${parsed.delta} delta pages but no readBase was given`);
       const need = bufferToAddrs(parsed.needBase);
       const slots = parsed.needSlot;
       if (typeof readBase !== 'function') {
-        for (let i = 0; i < need.length; i++) readBase.into(need[i]!, pages, slots.readUInt32LE(i * 4) * PAGE_SIZE);
+        readBase.into(need, pages, int32View(slots));
       } else for (let i = 0; i < need.length; i++) {
         const at = slots.readUInt32LE(i * 4) * PAGE_SIZE;
         const b = await readBase(need[i]!);
@@ -243,4 +243,12 @@ export class DeltaPageDecoder implements PageDecoder {
   release(d: DecodedPages): void {
     if (!this.#giveBack(d.pages)) native().releaseDecoded(d.pages);
   }
+}
+
+/** The u32 little-endian slots as an Int32Array (a view when aligned; slots are < 2^31). */
+function int32View(b: Buffer): Int32Array {
+  if (b.byteOffset % 4 === 0) return new Int32Array(b.buffer, b.byteOffset, b.length / 4);
+  const c = new Int32Array(b.length / 4);
+  new Uint8Array(c.buffer).set(b);
+  return c;
 }

@@ -40,14 +40,15 @@ export interface DecodedPages {
 export type ReadBase = (addr: bigint) => Promise<Buffer | null>;
 
 /**
- * The same, synchronously, written straight into `out` at byte `at` (zeros when it has none):
- * the decoder's fast path, one call per page and no buffer of its own.
+ * The same for all the bases of a message, synchronously: page addrs[i] written straight
+ * into page outPages[i] of `out` (4096-byte units; zeros where it has none). The decoder's
+ * fast path: one call per message and no buffer of its own.
  */
-export type ReadBaseInto = (addr: bigint, out: Buffer, at: number) => void;
+export type ReadBasesInto = (addrs: BigUint64Array, out: Buffer, outPages: Int32Array) => void;
 
 export interface PageDecoder {
   /** `readBase` is needed for codec 'delta' (the pages the deltas apply to). */
-  decode(msg: EncodedPages, readBase?: ReadBase | { into: ReadBaseInto }): Promise<DecodedPages>;
+  decode(msg: EncodedPages, readBase?: ReadBase | { into: ReadBasesInto }): Promise<DecodedPages>;
   /** Optional: the decoded pages' memory may be reused (the caller has stored them). */
   release?(d: DecodedPages): void;
 }

@@ -171,6 +171,8 @@ export interface NativeAddon {
   releasePages(buf: Buffer): void;
   /** V8's external memory count, which schedules full collections (for tests of the accounting). */
   externalMemory(): number;
+  /** Copies page srcPages[i] of `src` to page dstPages[i] of `dst` (4096-byte units), for every i. Throws RangeError, copying nothing, on an index out of range. */
+  copyPages(src: Buffer, srcPages: Int32Array, dst: Buffer, dstPages: Int32Array): void;
   /**
    * Splits out zero pages and LZ4-compresses the rest as one block (`compressed` false:
    * LZ4 did not pay and `data` is the pages as they are). `addrs` and the returned

@@ -16,6 +16,8 @@ const heard = new Float64Array(data.heard);
 const security = data.security.kind === 'psk' ? { kind: 'psk' as const, key: Buffer.from(data.security.key) } : data.security;
 let stopping = false;
 let current: Link | undefined;
+/** The goodbye in flight: resolves once the standby closed its end (it has read it). */
+let closing: Promise<void> = Promise.resolve();
 const wake = new AbortController();
 
 const post = (m: BeatsToMain): void => parentPort!.postMessage(m);
@@ -35,7 +37,7 @@ try {
 parentPort!.on('message', (m: { t: 'stop'; reason: string }) => {
   if (m.t !== 'stop') return;
   stopping = true;
-  current?.close(m.reason);
+  if (current) closing = current.close(m.reason);
   wake.abort();
 });
 
@@ -50,7 +52,7 @@ async function openOnce(): Promise<'refused' | string> {
     const answer = new Promise<Message>((resolve) => link.on('message', (m: Message) => { if (m.t !== 'hb') resolve(m); }));
     link.on('heartbeat', () => { heard[0] = Date.now(); });
     await link.send(data.hello as HelloMsg);
-    const m = await Promise.race([answer, closed.then((why) => ({ t: 'closed' as const, why })), sleep(5000).then(() => ({ t: 'timeout' as const }))]);
+    const m = await Promise.race([answer, closed.then((why) => ({ t: 'closed' as const, why })), sleep(5000, undefined, { ref: false }).then(() => ({ t: 'timeout' as const }))]);
     if (m.t === 'refuse') { post({ t: 'refused', code: m.code, reason: m.reason }); link.close('refused'); return 'refused'; }
     if (m.t !== 'welcome') throw new Error(m.t === 'closed' ? `closed: ${m.why}` : m.t === 'timeout' ? 'no answer in 5 s' : `unexpected ${m.t}`);
     heard[0] = Date.now();
@@ -82,4 +84,6 @@ async function run(): Promise<void> {
   }
 }
 
-void run().finally(() => { post({ t: 'ended' }); parentPort!.close(); });
+// 'ended' only once the goodbye was read: the primary closes its data connection after
+// this, and the standby must have heard 'primary stopping' here first (see Primary.stop).
+void run().finally(async () => { await closing; post({ t: 'ended' }); parentPort!.close(); });

@@ -19,7 +19,7 @@ import { locateCriu } from '../criu/locate.js';
 import { ReplicateError } from '../errors.js';
 import { silentLogger, type Logger } from '../log/logger.js';
 import { ReplicationMetrics } from '../metrics/metrics.js';
-import { keepAliveMs, PROTOCOL_VERSION, type EndMsg, type HelloMsg, type Message, type WelcomeMsg } from '../protocol/messages.js';
+import { keepAliveMs, PROTOCOL_VERSION, standbyBeatsMs, type EndMsg, type HelloMsg, type Message, type WelcomeMsg } from '../protocol/messages.js';
 import { connect, type Link } from '../transport/link.js';
 import { TransportError } from '../transport/errors.js';
 import type { SecurityOptions } from '../transport/security.js';
@@ -266,6 +266,10 @@ export class Primary extends EventEmitter {
   stop(): Promise<void> {
     this.#stopped ??= (async () => {
       this.#stopping = true;
+      // The heartbeat channel first, before anything closes the data connection: the
+      // standby reads this goodbye at once, whereas the one on the data connection may wait
+      // behind pages it has not read yet, and the channel's silence meanwhile looks like death.
+      await this.#beats?.close('primary stopping');
       this.#abort.abort();
       await this.#loop.stop();
       this.#link?.close('primary stopping');
@@ -373,7 +377,7 @@ export class Primary extends EventEmitter {
   }
 
   /** What this primary says first on a connection (a heartbeat channel adds `channel` and `session`). */
-  #hello(channel?: Pick<HelloMsg, 'channel' | 'session'>): HelloMsg {
+  #hello(channel?: Pick<HelloMsg, 'channel' | 'session' | 'beatsMs'>): HelloMsg {
     return { t: 'hello', proto: PROTOCOL_VERSION, role: 'primary', lineage: this.lineage, generation: this.generation, pid: this.pid, host: hostname(), agent: `remus-replicate/${process.pid}`, ...channel };
   }
 
@@ -419,7 +423,7 @@ export class Primary extends EventEmitter {
   #keepBeats(data: Link, session: string): void {
     const beats = new BeatsChannel({
       host: this.#o.host, port: this.#o.port, security: this.#o.security, heartbeatMs: this.#o.heartbeatMs,
-      hello: this.#hello({ channel: 'beats', session }), log: this.#log,
+      hello: this.#hello({ channel: 'beats', session, beatsMs: standbyBeatsMs(this.#o.heartbeatMs, this.#o.selfFenceAfterMs) }), log: this.#log,
       // While it is open the standby listens to it alone: on the data connection a
       // keep-alive is enough (fewer frames to make and read on both sides).
       onState: (open) => data.setHeartbeatMs(open ? keepAliveMs(this.#o.heartbeatMs) : this.#o.heartbeatMs),

@@ -539,6 +539,24 @@ export class EpochStore {
     this.assertOpen();
     const pn = pageNumberOf(addr);
     if (this.recent?.get(pn, out, at)) return true;
+    return this.readUncachedInto(pn, out, at);
+  }
+
+  /**
+   * readPageInto for many pages at once: page addrs[i] into page outPages[i] of `out`
+   * (4096-byte units). The recent pages are copied in one native call; the rest one by one.
+   */
+  readPagesInto(addrs: BigUint64Array, out: Buffer, outPages: Int32Array): void {
+    this.assertOpen();
+    const pns = pageNumbers(addrs);
+    if (!this.recent) {
+      for (let i = 0; i < pns.length; i++) this.readUncachedInto(pns[i]!, out, outPages[i]! * PAGE_SIZE);
+      return;
+    }
+    for (const i of this.recent.getMany(pns, out, outPages)) this.readUncachedInto(pns[i]!, out, outPages[i]! * PAGE_SIZE);
+  }
+
+  private readUncachedInto(pn: number, out: Buffer, at: number): true | null | undefined {
     const b = this.batch;
     if (b) {
       const r = b.lookup(pn);
@@ -557,7 +575,7 @@ export class EpochStore {
     try {
       readExactlySync(seg.fh.fd, out, at, PAGE_SIZE, slotOffset(g - seg.base));
     } catch (e) {
-      throw ioError(e, `reading page 0x${addr.toString(16)}`, seg.path);
+      throw ioError(e, `reading page 0x${(pn * PAGE_SIZE).toString(16)}`, seg.path);
     }
     return true;
   }

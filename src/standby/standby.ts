@@ -117,7 +117,7 @@ export class Standby extends EventEmitter {
   readonly metrics: ReplicationMetrics;
   readonly #decoder: PageDecoder;
   /** Deltas apply to the newest version of a page: the open batch's, else the committed one. */
-  readonly #readBase = { into: (addr: bigint, out: Buffer, at: number): void => { this.#store.readPageInto(addr, out, at); } };
+  readonly #readBase = { into: (addrs: BigUint64Array, out: Buffer, outPages: Int32Array): void => { this.#store.readPagesInto(addrs, out, outPages); } };
   #store!: EpochStore;
   #server!: ListeningServer;
   #session: Session | undefined;
@@ -576,10 +576,28 @@ export class Standby extends EventEmitter {
       this.#detector.heartbeat(this.#lastHeard, hb.sentAt, hb.skipped);
       this.#nudgeWatch();
     });
-    // The primary hears us on the channel too: a keep-alive on the data connection will do.
+    // The primary hears us on the channel, as often as it asked: a keep-alive on the data
+    // connection will do.
     const hb = this.#o.heartbeatMs ?? 50;
+    beats.link.setHeartbeatMs(hello.beatsMs ?? hb);
     cur.link.setHeartbeatMs(keepAliveMs(hb));
-    beats.link.once('close', () => { if (cur.beats === beats.link) cur.link.setHeartbeatMs(hb); });
+    beats.link.once('close', (c: LinkCloseInfo) => {
+      if (cur.beats !== beats.link) return;
+      cur.link.setHeartbeatMs(hb);
+      if (this.#session !== cur || !c.bye) return; // closed without a word: its silence counts (a crash)
+      if (c.bye.reason === 'primary stopping') {
+        // Said first on this channel: the data connection's own goodbye may wait behind
+        // megabytes of unread pages, and meanwhile this channel's silence looked like death.
+        this.#armed = false;
+        this.#log.info('the primary stopped replication in order: no promotion');
+        return;
+      }
+      // Closed on purpose (its data connection ended, say): judge by the data connection
+      // again, as before the channel existed.
+      cur.beatsSeen = false;
+      this.#detector.reset();
+      this.#lastHeard = performance.now();
+    });
     this.#log.debug({ remote: beats.link.remote }, 'heartbeat channel attached');
     return { ok: true };
   }

@@ -63,7 +63,7 @@ export function validateMessage(value: unknown): Message {
 }
 
 function hello(v: unknown): HelloMsg {
-  const o = fields(v, 'hello', ['t', 'proto', 'role', 'lineage', 'generation', 'pid', 'host', 'agent', 'channel', 'session']);
+  const o = fields(v, 'hello', ['t', 'proto', 'role', 'lineage', 'generation', 'pid', 'host', 'agent', 'channel', 'session', 'beatsMs']);
   const msg: HelloMsg = {
     t: 'hello',
     proto: count(o.proto, 'hello.proto'),
@@ -77,6 +77,11 @@ function hello(v: unknown): HelloMsg {
   if (o.channel !== undefined) msg.channel = oneOf(o.channel, 'hello.channel', ['beats'] as const);
   if (o.session !== undefined) msg.session = text(o.session, 'hello.session', MESSAGE_LIMITS.maxShortChars, 1);
   if (msg.channel && !msg.session) fail('hello.session', "is required with channel 'beats'", o.session);
+  if (o.beatsMs !== undefined) {
+    msg.beatsMs = count(o.beatsMs, 'hello.beatsMs', 600_000);
+    if (msg.beatsMs < 1) fail('hello.beatsMs', 'must be at least 1 ms', o.beatsMs);
+    if (!msg.channel) fail('hello.beatsMs', "is only for channel 'beats'", o.beatsMs);
+  }
   return msg;
 }
 

@@ -1,6 +1,7 @@
 // A TCP proxy on loopback between a primary and a standby, for link faults: a rate
 // limit (primary -> standby direction), cutting every connection, or cutting after a
-// number of bytes.
+// number of bytes. A side that ends its connection in order (FIN) has what it sent
+// delivered first, as TCP would: a goodbye is not lost in the proxy's queue.
 import { createServer, connect, type Server, type Socket } from 'node:net';
 
 export class FaultyProxy {
@@ -15,7 +16,7 @@ export class FaultyProxy {
   #pairs = new Set<[Socket, Socket]>();
 
   private constructor(readonly targetPort: number) {
-    this.server = createServer((client) => this.#onClient(client));
+    this.server = createServer({ allowHalfOpen: true }, (client) => this.#onClient(client));
   }
 
   static async start(targetPort: number): Promise<FaultyProxy> {
@@ -36,13 +37,16 @@ export class FaultyProxy {
 
   #onClient(client: Socket): void {
     this.connections++;
-    const upstream = connect(this.targetPort, '127.0.0.1');
+    const upstream = connect({ port: this.targetPort, host: '127.0.0.1', allowHalfOpen: true });
     const pair: [Socket, Socket] = [client, upstream];
     this.#pairs.add(pair);
     const end = () => { client.destroy(); upstream.destroy(); this.#pairs.delete(pair); };
     client.on('error', end); upstream.on('error', end);
     client.on('close', end); upstream.on('close', end);
     upstream.on('data', (d) => client.write(d));
+    upstream.on('end', () => client.end());
+    let clientEnded = false;
+    client.on('end', () => { clientEnded = true; if (!pumping && queue.length === 0) upstream.end(); });
     // Toward the standby: forward at `rate`, pausing the client between slices.
     const queue: Buffer[] = [];
     let pumping = false;
@@ -68,7 +72,10 @@ export class FaultyProxy {
         if (!upstream.write(chunk)) await new Promise((r) => upstream.once('drain', r));
       }
       pumping = false;
-      if (queue.length === 0) client.resume();
+      if (queue.length === 0) {
+        if (clientEnded) upstream.end();
+        else client.resume();
+      }
     };
     client.on('data', (d) => {
       queue.push(d);

@@ -13,6 +13,7 @@
 //   slots   [page 0 | page 1 | ... | page capacity-1]   (4096 bytes each)
 //   index   page number -> slot (PageIndex)
 //   owner   slot -> page number (NaN: free)
+import { native } from '../../native/binding.js';
 import { PageIndex } from './page-index.js';
 
 const PAGE = 4096;
@@ -46,8 +47,32 @@ export class RecentPages {
     return true;
   }
 
+  /**
+   * Copies the pages of `pns` it holds into `out`, page pns[i] to page outPages[i] of `out`
+   * (4096-byte units), in one native call; returns the indexes i it does not hold.
+   */
+  getMany(pns: Float64Array, out: Buffer, outPages: Int32Array): number[] {
+    const from = this.#scratch(pns.length, 0);
+    const to = this.#scratch(pns.length, 1);
+    const missed: number[] = [];
+    let n = 0;
+    for (let i = 0; i < pns.length; i++) {
+      const s = this.#index.get(pns[i]!);
+      if (s === undefined) { missed.push(i); continue; }
+      this.#ref[s] = 1;
+      from[n] = s;
+      to[n++] = outPages[i]!;
+    }
+    if (n > 0) native().copyPages(this.#slots, from.subarray(0, n), out, to.subarray(0, n));
+    this.hits += n;
+    this.misses += missed.length;
+    return missed;
+  }
+
   /** Holds `data` (count pages, 4096 bytes each) as the newest versions of pages `pns`. */
   put(pns: Float64Array, data: Buffer): void {
+    const from = this.#scratch(pns.length, 0);
+    const to = this.#scratch(pns.length, 1);
     for (let i = 0; i < pns.length; i++) {
       const pn = pns[i]!;
       let s = this.#index.get(pn);
@@ -59,9 +84,19 @@ export class RecentPages {
         this.#index.set(pn, s);
       }
       this.#ref[s] = 1;
-      data.copy(this.#slots, s * PAGE, i * PAGE, i * PAGE + PAGE);
+      from[i] = i;
+      to[i] = s;
     }
+    // A page twice in `pns` goes to one slot, written in order: the later version stays.
+    if (pns.length > 0) native().copyPages(data, from.subarray(0, pns.length), this.#slots, to.subarray(0, pns.length));
   }
+
+  /** Index arrays for copyPages, reused (grown, never shrunk). */
+  #scratch(n: number, which: 0 | 1): Int32Array {
+    if (this.#idx[which].length < n) this.#idx[which] = new Int32Array(Math.max(n, 1024));
+    return this.#idx[which];
+  }
+  #idx: [Int32Array, Int32Array] = [new Int32Array(0), new Int32Array(0)];
 
   /** Forgets page `pn` (it became zero, or left the layout). */
   delete(pn: number): void {
