@@ -9,7 +9,9 @@ import { join } from 'node:path';
 import { Packr } from 'msgpackr';
 import { afterAll, afterEach, beforeAll, beforeEach, describe, expect, it, vi } from 'vitest';
 import { ReplicateError } from '../src/errors.js';
-import type { EndMsg, Message, PagesMsg } from '../src/protocol/messages.js';
+import type { EndMsg, EpochState, Message, PagesMsg } from '../src/protocol/messages.js';
+import { applyStateDelta, stateDelta } from '../src/protocol/state-delta.js';
+import { validateMessage } from '../src/transport/message-schema.js';
 import { FrameError, TransportError } from '../src/transport/errors.js';
 import { DEFAULT_MAX_FRAME_BYTES, encodeFrame, encodeFrameParts, FrameDecoder } from '../src/transport/frame-codec.js';
 import { connect, listen, parseHostPort, type Link, type LinkCloseInfo, type ListeningServer, type RejectedInfo } from '../src/transport/link.js';
@@ -415,6 +417,69 @@ function u32be(n: number): Buffer {
 }
 
 // ==============================================================================================
+
+/** The one message of a single frame, decoded. */
+function decodeFrameOne(frame: Buffer): EndMsg {
+  const [m] = new FrameDecoder().push(frame);
+  return m as EndMsg;
+}
+
+describe('state deltas (end.same)', () => {
+  const base = endMsg().state;
+  const copy = (s: EpochState): EpochState => decodeFrameOne(encodeFrame({ ...endMsg(), state: s }, 1)).state;
+
+  it('an unchanged state travels as pid, brk, clocks and base; the standby rebuilds it whole', () => {
+    const next = { ...copy(base), clocks: { ...base.clocks, realtimeNs: base.clocks.realtimeNs + 100_000_000n } };
+    const d = stateDelta(base, next);
+    expect(d.same).toEqual({ vmas: true, fds: true, children: true, threads: [4242, 4243] });
+    expect(d.state.threads).toEqual([]);
+    expect(d.state.vmas).toEqual([]);
+    const wire = decodeFrameOne(encodeFrame({ ...endMsg(), state: d.state, same: d.same }, 1));
+    expect(wire.same).toEqual(d.same);
+    const whole = applyStateDelta(base, wire.state, wire.same);
+    expect({ ...whole, threads: [...whole.threads].sort((a, b) => a.tid - b.tid) }).toEqual(next);
+    expect(encodeFrame({ ...endMsg(), state: d.state, same: d.same }, 1).length).toBeLessThan(encodeFrame({ ...endMsg(), state: next }, 1).length / 5);
+  });
+
+  it('changed parts travel: a thread that ran, a new thread, a thread gone, a new mapping, a new descriptor', () => {
+    const next = copy(base);
+    next.threads[0] = { ...next.threads[0]!, gpregs: randomBytes(216) };
+    next.threads.push({ ...next.threads[1]!, tid: 4250 });
+    next.threads.splice(1, 1); // 4243 exited
+    next.vmas.push({ start: 0x6000_0000_0000n, end: 0x6000_0000_1000n, perms: 'rw-p', offset: 0n, dev: '00:00', inode: 0, path: '' });
+    next.fds.push({ fd: 9, target: 'pipe:[1]', pos: 0n, flags: 0, size: -1, kind: '' });
+    const d = stateDelta(base, next);
+    expect(d.same).toEqual({ children: true });
+    expect(d.state.threads.map((t) => t.tid)).toEqual([4242, 4250]);
+    expect(applyStateDelta(base, d.state, d.same)).toEqual(next);
+    // Only the blocked thread's registers are reused.
+    const one = copy(base);
+    one.threads[1] = { ...one.threads[1]!, xsave: randomBytes(2696) };
+    expect(stateDelta(base, one).same?.threads).toEqual([4242]);
+    expect(stateDelta(undefined, next)).toEqual({ state: next });
+    expect(stateDelta({ ...base, pid: 1 }, next)).toEqual({ state: next });
+  });
+
+  it('a delta the previous state cannot fill is refused, saying why', () => {
+    const d = stateDelta(base, copy(base));
+    expect(() => applyStateDelta(null, d.state, d.same)).toThrow(/no previous state is committed here/);
+    expect(() => applyStateDelta({ ...base, pid: 7 }, d.state, d.same)).toThrow(/pid 7/);
+    expect(() => applyStateDelta({ ...base, threads: base.threads.slice(0, 1) }, d.state, d.same)).toThrow(/thread 4243, which the committed state does not have/);
+    expect(applyStateDelta(null, base, undefined)).toBe(base);
+  });
+
+  it('end.same is checked: true or absent, its lists empty on the wire, no thread twice', () => {
+    const m = endMsg();
+    const bad: Array<[unknown, RegExp]> = [
+      [{ ...m, same: { vmas: 1 } }, /end.same.vmas: must be true/],
+      [{ ...m, same: { vmas: true } }, /end.same.vmas: is set but end.state.vmas is not empty/],
+      [{ ...m, same: { threads: [4242] } }, /end.same.threads: names thread 4242 twice/],
+      [{ ...m, state: { ...m.state, threads: [] }, same: { threads: [5, 5] } }, /names thread 5 twice/],
+      [{ ...m, same: { other: true } }, /end.same.other: unexpected field/],
+    ];
+    for (const [msg, re] of bad) expect(() => validateMessage(msg)).toThrow(re);
+  });
+});
 
 describe('secret files', () => {
   let dir: string;

@@ -19,7 +19,8 @@ import { locateCriu } from '../criu/locate.js';
 import { ReplicateError } from '../errors.js';
 import { silentLogger, type Logger } from '../log/logger.js';
 import { ReplicationMetrics } from '../metrics/metrics.js';
-import { keepAliveMs, PROTOCOL_VERSION, standbyBeatsMs, type EndMsg, type HelloMsg, type Message, type WelcomeMsg } from '../protocol/messages.js';
+import { keepAliveMs, PROTOCOL_VERSION, standbyBeatsMs, type EndMsg, type EpochState, type HelloMsg, type Message, type WelcomeMsg } from '../protocol/messages.js';
+import { stateDelta } from '../protocol/state-delta.js';
 import { connect, type Link } from '../transport/link.js';
 import { TransportError } from '../transport/errors.js';
 import type { SecurityOptions } from '../transport/security.js';
@@ -162,6 +163,8 @@ export class Primary extends EventEmitter {
   #committed = 0;
   #committedCapture = 0;
   #lastSent = 0;
+  /** The whole state of the last batch sent on `link`, what the next batch's state is a delta from. */
+  #prevState: { link: Link; epoch: number; state: EpochState } | undefined;
   #batchSeq = 0;
   #base: BaseImage | undefined;
   #criu: string | undefined;
@@ -500,6 +503,7 @@ export class Primary extends EventEmitter {
     }
     // The consistent cut: frozen epochs with everything written during the copy.
     const tail = [await this.#loop.captureOne()];
+    this.#prevState = undefined; // a full batch carries the whole state
     const r = await this.#finishBatch(link, epoch, tail, sent, wire);
     const ms = performance.now() - started;
     this.#log.info({ epoch, pages: r.pages, ms: Math.round(ms) }, 'full synchronisation sent');
@@ -562,8 +566,12 @@ export class Primary extends EventEmitter {
     }
     pages += batch.pageCount;
     this.#inFlight.push({ epoch, lastCapture: batch.epoch, capturedAt: batch.capturedAt, rawBytes: batch.pageCount * PAGE_SIZE, wireBytes: wire, pages });
-    await link.send(endMsg(epoch, pages, batch.capturedAt, { ...batch.state, base: this.#base?.id ?? '' }));
+    const state: EpochState = { ...batch.state, base: this.#base?.id ?? '' };
+    const prev = this.#prevState;
+    const delta = prev && prev.link === link && prev.epoch === this.#lastSent ? stateDelta(prev.state, state) : { state };
+    await link.send({ ...endMsg(epoch, pages, batch.capturedAt, delta.state), ...(delta.same ? { same: delta.same } : {}) });
     this.#lastSent = epoch;
+    this.#prevState = { link, epoch, state };
     // The standby drops pages outside the committed layout: so must the delta cache.
     this.#encoder.retain?.(batch.state.vmas);
     return { pages };

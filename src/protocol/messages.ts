@@ -166,6 +166,12 @@ export interface EndMsg {
   /** Wall-clock time (ms) the newest epoch in the batch was captured. */
   capturedAt: number;
   state: EpochState;
+  /**
+   * Parts of `state` left out because they equal the previous batch's state, which the
+   * standby has committed (see state-delta.ts): `vmas`, `fds`, `children` (sent as []),
+   * and the threads listed by tid (absent from state.threads).
+   */
+  same?: { vmas?: true; fds?: true; children?: true; threads?: number[] };
 }
 
 export interface AckMsg { t: 'ack'; epoch: number; committedAt: number }

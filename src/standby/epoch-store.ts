@@ -421,6 +421,11 @@ export class EpochStore {
     return store;
   }
 
+  /** The committed EpochState alone (what `committed` has, without counting the disk use). */
+  get committedState(): EpochState | null {
+    return this.manifest ? this.state : null;
+  }
+
   get committed(): CommittedEpoch | null {
     const m = this.manifest;
     if (!m || !this.state) return null;

@@ -15,6 +15,7 @@ import type { PageDecoder } from '../codec/page-codec.js';
 import { ReplicateError } from '../errors.js';
 import { silentLogger, type Logger } from '../log/logger.js';
 import { ReplicationMetrics } from '../metrics/metrics.js';
+import { applyStateDelta } from '../protocol/state-delta.js';
 import { keepAliveMs, PROTOCOL_VERSION, type BeginMsg, type EndMsg, type HelloMsg, type Message, type PagesMsg, type WelcomeMsg } from '../protocol/messages.js';
 import { writeStatusFile } from '../status/status-file.js';
 import { listen, type HeartbeatInfo, type Link, type LinkCloseInfo, type ListeningServer } from '../transport/link.js';
@@ -602,6 +603,17 @@ export class Standby extends EventEmitter {
     return { ok: true };
   }
 
+  /**
+   * `m` with its whole state: the parts it left out (end.same) come from the committed
+   * state, the one its batch applies on. Throws Error on a delta that does not fit.
+   */
+  resolveState(m: EndMsg, full: boolean): EndMsg {
+    if (!m.same) return m;
+    if (full) throw new Error('a full batch must carry its whole state (end.same is set)');
+    const { same, ...rest } = m;
+    return { ...rest, state: applyStateDelta(this.#store.committedState, m.state, same) };
+  }
+
   begin(peer: PeerInfo, m: BeginMsg): EpochBatch {
     return this.#store.begin({ lineage: peer.lineage, generation: peer.generation, epoch: m.epoch, base: m.base, full: m.full });
   }
@@ -809,10 +821,12 @@ class Session {
             if (!batch || !begin) this.#fail('protocol error: end outside a batch');
             if (m.epoch !== begin.epoch) this.#fail(`protocol error: end of epoch ${m.epoch} closes batch ${begin.epoch}`);
             if (m.pages !== batch.pages) this.#fail(`batch ${m.epoch}: ${batch.pages} pages arrived, ${m.pages} were sent`);
+            let end: EndMsg = m;
+            try { end = s.resolveState(m, begin.full); } catch (e) { this.#fail(`protocol error: batch ${m.epoch}: ${(e as Error).message}`); }
             const b = batch;
             batch = undefined;
             this.#open = undefined;
-            const named = m.state.base;
+            const named = end.state.base;
             if (named && !bases.has(named) && !s.hasBase(named)) this.#fail(`batch ${m.epoch} names base image ${named}, which this standby does not have`);
             try {
               // The base must be complete and durable before the commit that names it.
@@ -821,7 +835,7 @@ class Session {
               for (const [id, other] of bases) if (id !== named) await other.abort();
               bases.clear();
               this.#committing = b;
-              await s.commit(b, m, wire);
+              await s.commit(b, end, wire);
             } catch (e) {
               if (this.#abandoned) { this.endReason ||= `promoting: the commit of epoch ${m.epoch} was dropped`; return; }
               this.#fail(`commit of epoch ${m.epoch} failed: ${(e as Error).message}`);

@@ -154,14 +154,40 @@ function pages(v: unknown): PagesMsg {
 }
 
 function end(v: unknown): EndMsg {
-  const o = fields(v, 'end', ['t', 'epoch', 'pages', 'capturedAt', 'state']);
-  return {
+  const o = fields(v, 'end', ['t', 'epoch', 'pages', 'capturedAt', 'state', 'same']);
+  const msg: EndMsg = {
     t: 'end',
     epoch: count(o.epoch, 'end.epoch'),
     pages: count(o.pages, 'end.pages'),
     capturedAt: timestamp(o.capturedAt, 'end.capturedAt'),
     state: epochState(o.state, 'end.state'),
   };
+  if (o.same !== undefined) msg.same = stateSame(o.same, msg.state);
+  return msg;
+}
+
+/** end.same: each part named is left out of the state (an empty list on the wire). */
+function stateSame(v: unknown, state: EpochState): NonNullable<EndMsg['same']> {
+  const o = fields(v, 'end.same', ['vmas', 'fds', 'children', 'threads']);
+  const same: NonNullable<EndMsg['same']> = {};
+  for (const k of ['vmas', 'fds', 'children'] as const) {
+    if (o[k] === undefined) continue;
+    if (o[k] !== true) fail(`end.same.${k}`, 'must be true when present', o[k]);
+    if (state[k].length !== 0) fail(`end.same.${k}`, `is set but end.state.${k} is not empty`, state[k].length);
+    same[k] = true;
+  }
+  if (o.threads !== undefined) {
+    const tids = list(o.threads, 'end.same.threads', MESSAGE_LIMITS.maxThreads).map((t, i) => pid(t, `end.same.threads[${i}]`));
+    const sent = new Set(state.threads.map((t) => t.tid));
+    const seen = new Set<number>();
+    for (const tid of tids) {
+      if (seen.has(tid) || sent.has(tid)) fail('end.same.threads', `names thread ${tid} twice`, tid);
+      seen.add(tid);
+    }
+    if (tids.length + state.threads.length > MESSAGE_LIMITS.maxThreads) fail('end.same.threads', `more than ${MESSAGE_LIMITS.maxThreads} threads in all`, tids.length);
+    same.threads = tids;
+  }
+  return same;
 }
 
 function epochState(v: unknown, path: string): EpochState {
