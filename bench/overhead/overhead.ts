@@ -12,6 +12,7 @@
 //   - baseline a: periodic CRIU dumps (bench/baselines/criu-periodic.ts) at the same periods.
 // Each session starts a fresh target, and the agents or the dumper, then runs the load.
 import { spawnSync } from 'node:child_process';
+import { setTimeout as sleep } from 'node:timers/promises';
 import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -30,7 +31,7 @@ import { fmt, figureTable, provenance, table } from '../lib/report.js';
  * the CPU the target and the load generator leave, which is what a standby on its own host
  * costs the primary's host (nothing). This machine cannot give it cores of its own.
  */
-export type Config = { kind: 'none' } | { kind: 'ours'; epochMs: number; idleStandby?: boolean } | { kind: 'criu'; epochMs: number };
+export type Config = { kind: 'none' } | { kind: 'ours'; epochMs: number; idleStandby?: boolean } | { kind: 'track'; epochMs: number } | { kind: 'criu'; epochMs: number };
 export type Workload = 'redis' | 'http';
 export type PhaseName = 'redis SET' | 'redis GET' | 'node HTTP';
 
@@ -38,7 +39,13 @@ const PHASES: PhaseName[] = ['redis SET', 'redis GET', 'node HTTP'];
 export const LINK_BYTES_PER_S = 1e9 / 8; // 1 Gbit/s
 
 export function configLabel(c: Config): string {
-  return c.kind === 'none' ? 'unreplicated' : c.kind === 'ours' ? `ours, epoch ${c.epochMs} ms${c.idleStandby ? ', standby idle-priority' : ''}` : `CRIU dump every ${c.epochMs} ms`;
+  return c.kind === 'none' ? 'unreplicated' : c.kind === 'ours' ? `ours, epoch ${c.epochMs} ms${c.idleStandby ? ', standby idle-priority' : ''}`
+    : c.kind === 'track' ? `tracking only, epoch ${c.epochMs} ms` : `CRIU dump every ${c.epochMs} ms`;
+}
+
+/** The series a configuration is drawn in. */
+function kindLabel(k: Config['kind']): string {
+  return k === 'ours' ? 'ours' : k === 'track' ? 'ours, tracking only' : 'CRIU dumps';
 }
 
 export interface PhaseSample {
@@ -87,6 +94,7 @@ const CONFIGS = (epochs: number[]): Config[] => [
   { kind: 'none' },
   ...epochs.map((epochMs) => ({ kind: 'ours' as const, epochMs })),
   { kind: 'ours', epochMs: 100, idleStandby: true },
+  { kind: 'track', epochMs: 100 },
   ...epochs.map((epochMs) => ({ kind: 'criu' as const, epochMs })),
 ];
 
@@ -162,6 +170,12 @@ async function session(ctx: Ctx, round: number, workload: Workload, config: Conf
       if (config.idleStandby) idlePriority(standby.child.pid!);
       primary = startCli(['--pid', String(target.pid), '--to', `127.0.0.1:${sport}`, '--epoch', `${config.epochMs}ms`, '--secret-file', ctx.key], 'replicate primary');
       await primary.next('synced', 120_000);
+    } else if (config.kind === 'track') {
+      // The primary's capture alone: freeze, find the written pages, read them, thaw, every
+      // epoch; nothing encoded, sent or stored (replicate dirty-rate).
+      primary = startCli(['dirty-rate', '--pid', String(target.pid), '--epoch', `${config.epochMs}ms`, '--duration', '1h'], 'replicate dirty-rate');
+      await sleep(1000);
+      if (primary.child.exitCode !== null) throw new Error(`replicate dirty-rate exited: ${primary.stderr.slice(-500)}`);
     } else if (config.kind === 'criu') {
       dumps = new PeriodicDumps({ criu: ctx.criu, pid: target.pid, epochMs: config.epochMs, work: join(ctx.work, `criu-${workload}-${config.epochMs}-${round}`), networkLock: ctx.networkLock }).start();
       await dumps.firstDone;
@@ -174,10 +188,10 @@ async function session(ctx: Ctx, round: number, workload: Workload, config: Conf
       const r = await load(ctx, workload, port, phase);
       const t1 = performance.now();
       const cpu1 = [cpuSeconds(primary?.child.pid), cpuSeconds(standby?.child.pid)];
-      if (primary) await primary.next('commit', 10_000 + (config.kind === 'ours' ? config.epochMs * 3 : 0)).catch(() => undefined);
+      if (config.kind === 'ours') await primary!.next('commit', 10_000 + config.epochMs * 3).catch(() => undefined);
       const sample: PhaseSample = { phase, rps: r.rps, p50Ms: r.p50Ms, p99Ms: r.p99Ms, ...(r.maxMs !== undefined ? { maxMs: r.maxMs } : {}), ms: t1 - t0, ...(r.requests !== undefined ? { requests: r.requests, errors: r.errors } : {}) };
       if (primary) {
-        Object.assign(sample, oursPhase(primary.events, from, primary.events.length, before));
+        if (config.kind === 'ours') Object.assign(sample, oursPhase(primary.events, from, primary.events.length, before));
         const s = (t1 - t0) / 1000;
         sample.agentCores = (cpu1[0]! - cpu0[0]!) / s;
         sample.standbyCores = (cpu1[1]! - cpu0[1]!) / s;
@@ -185,7 +199,7 @@ async function session(ctx: Ctx, round: number, workload: Workload, config: Conf
       if (dumps) Object.assign(sample, criuPhase(dumps.records, t0, t1));
       out.phases.push(sample);
     }
-    if (primary) {
+    if (config.kind === 'ours') {
       const st = await readStatus({ pid: target.pid }).catch(() => undefined);
       if (st) { out.rebases = Number(st.rebases ?? 0); out.syncs = Number(st.syncs ?? 0); out.compressionRatio = Number(st.compressionRatio ?? 0); }
     }
@@ -249,6 +263,8 @@ export function rowsOf(sessions: Session[], configs: Config[]): Row[] {
         row.agentCores = med(got.map((p) => p.agentCores));
         row.standbyCores = med(got.map((p) => p.standbyCores));
         row.rebases = med(sessions.filter((x) => x.label === label && x.phases.some((p) => p.phase === phase)).map((x) => x.rebases));
+      } else if (c.kind === 'track') {
+        row.agentCores = med(got.map((p) => p.agentCores));
       } else if (c.kind === 'criu') {
         row.pauseP50Ms = med(got.map((p) => p.frozenMs?.p50)); row.pauseP99Ms = med(got.map((p) => p.frozenMs?.p99)); row.pauseMaxMs = med(got.map((p) => p.frozenMs?.max));
         const s = summary(got.map((p) => (p.shippedBytes ?? 0) / (p.ms / 1000)));
@@ -385,10 +401,10 @@ export function renderOverhead(r: ScenarioResult<OverheadData>, plot: (name: str
   const order = CONFIG_ORDER(d.epochs);
   const failed = d.sessions.filter((s) => s.error);
   const rows = d.rows;
-  const tput = rows.filter((x) => x.kind !== 'none').map((x) => ({ phase: x.phase, config: x.config, kind: x.kind === 'ours' ? 'ours' : 'CRIU dumps', value: x.tputRatio, min: x.tputRatioMin, max: x.tputRatioMax }));
-  const p99 = rows.filter((x) => x.kind !== 'none').map((x) => ({ phase: x.phase, config: x.config, kind: x.kind === 'ours' ? 'ours' : 'CRIU dumps', value: x.p99Ratio, min: x.p99RatioMin, max: x.p99RatioMax }));
-  const pause = rows.filter((x) => x.kind !== 'none' && x.pauseP99Ms !== undefined && Number.isFinite(x.pauseP99Ms)).map((x) => ({ phase: x.phase, config: x.config, kind: x.kind === 'ours' ? 'ours' : 'CRIU dumps', value: x.pauseP99Ms!, min: x.pauseP50Ms!, max: x.pauseMaxMs! }));
-  const link = rows.filter((x) => x.kind !== 'none' && x.bytesPerSecond !== undefined).map((x) => ({ phase: x.phase, config: x.config, kind: x.kind === 'ours' ? 'ours' : 'CRIU dumps', value: x.bytesPerSecond! / 1e6, min: x.bytesPerSecondMin! / 1e6, max: x.bytesPerSecondMax! / 1e6 }));
+  const tput = rows.filter((x) => x.kind !== 'none').map((x) => ({ phase: x.phase, config: x.config, kind: kindLabel(x.kind), value: x.tputRatio, min: x.tputRatioMin, max: x.tputRatioMax }));
+  const p99 = rows.filter((x) => x.kind !== 'none').map((x) => ({ phase: x.phase, config: x.config, kind: kindLabel(x.kind), value: x.p99Ratio, min: x.p99RatioMin, max: x.p99RatioMax }));
+  const pause = rows.filter((x) => x.kind !== 'none' && x.pauseP99Ms !== undefined && Number.isFinite(x.pauseP99Ms)).map((x) => ({ phase: x.phase, config: x.config, kind: kindLabel(x.kind), value: x.pauseP99Ms!, min: x.pauseP50Ms!, max: x.pauseMaxMs! }));
+  const link = rows.filter((x) => x.kind !== 'none' && x.bytesPerSecond !== undefined).map((x) => ({ phase: x.phase, config: x.config, kind: kindLabel(x.kind), value: x.bytesPerSecond! / 1e6, min: x.bytesPerSecondMin! / 1e6, max: x.bytesPerSecondMax! / 1e6 }));
   const figs = r.figures;
   const byPhase = (p: PhaseName) => rows.filter((x) => x.phase === p);
   const lines: string[] = [
@@ -396,7 +412,7 @@ export function renderOverhead(r: ScenarioResult<OverheadData>, plot: (name: str
     '',
     provenance(r),
     '',
-    `Workloads: redis-server (no persistence) under \`redis-benchmark -t set\` then \`-t get\` over the keys SET wrote (\`-c 50 -r 100000 -n ${d.redisRequests}\` each), and a Node.js HTTP server with 20 000 objects in memory, every request updating one (\`bench/targets/http-server.mjs\`), under \`autocannon -c ${d.httpConnections} -d ${d.httpSeconds}\`. Configurations: **unreplicated** (baseline: no replication at all); **ours**: a \`replicate --pid PID --epoch E\` primary process streaming to a \`replicate standby\` process on loopback (TLS 1.3 with a pre-shared key, the standby fsyncs every commit, CRIU base image taken at start); **ours, standby idle-priority**: the same at 100 ms with every thread of the standby at \`SCHED_IDLE\` (it runs only on CPU the target and the load generator leave: what a standby on its own host costs the primary's host, which this 2-core machine cannot otherwise show; it then lags and its epochs coalesce); **CRIU dumps** (baseline: the recipe of the CRIU and docker-checkpoint guides): \`criu dump --leave-running --tcp-established --network-lock ${d.criuNetworkLock}\` of the same target every E ms into a fresh directory, then shipped as a tar stream into another directory (a dump starts every E ms, or as soon as the previous dump and shipment are done when they take longer). ${d.rounds} rounds; each round runs every configuration once on a fresh target, in an order reversed every other round. Ratios are per round (configuration / unreplicated of the same round), median with min–max over the rounds.`,
+    `Workloads: redis-server (no persistence) under \`redis-benchmark -t set\` then \`-t get\` over the keys SET wrote (\`-c 50 -r 100000 -n ${d.redisRequests}\` each), and a Node.js HTTP server with 20 000 objects in memory, every request updating one (\`bench/targets/http-server.mjs\`), under \`autocannon -c ${d.httpConnections} -d ${d.httpSeconds}\`. Configurations: **unreplicated** (baseline: no replication at all); **ours**: a \`replicate --pid PID --epoch E\` primary process streaming to a \`replicate standby\` process on loopback (TLS 1.3 with a pre-shared key, the standby fsyncs every commit, CRIU base image taken at start); **ours, standby idle-priority**: the same at 100 ms with every thread of the standby at \`SCHED_IDLE\` (it runs only on CPU the target and the load generator leave: what a standby on its own host costs the primary's host, which this 2-core machine cannot otherwise show; it then lags and its epochs coalesce); **tracking only**: \`replicate dirty-rate --epoch 100ms\` on the target, the primary's capture alone (freeze every thread, find the written pages and re-arm, read them, thaw; nothing encoded, sent or stored): the floor of what protecting costs the target itself; **CRIU dumps** (baseline: the recipe of the CRIU and docker-checkpoint guides): \`criu dump --leave-running --tcp-established --network-lock ${d.criuNetworkLock}\` of the same target every E ms into a fresh directory, then shipped as a tar stream into another directory (a dump starts every E ms, or as soon as the previous dump and shipment are done when they take longer). ${d.rounds} rounds; each round runs every configuration once on a fresh target, in an order reversed every other round. Ratios are per round (configuration / unreplicated of the same round), median with min–max over the rounds.`,
     '',
     `CRIU: ${d.criu}. No soft-dirty in this kernel, so CRIU cannot dump incrementally (\`--track-mem\`, pre-dump): every dump is a full one, which is what the recipe gets here. CRIU's network lock: \`${d.criuNetworkLock}\`; with its default (\`iptables\`, one rule per connection, set and removed while the target is frozen) a redis-server with 50 clients stayed frozen about 2.3 s per dump on this machine, so the baseline gets the faster lock.`,
     '',
@@ -419,7 +435,7 @@ export function renderOverhead(r: ScenarioResult<OverheadData>, plot: (name: str
         `${fmt(x.p99Ms)} (${fmt(x.p99Min)}–${fmt(x.p99Max)})`, x.kind === 'none' ? '1' : `${fmt(x.p99Ratio)} (${fmt(x.p99RatioMin)}–${fmt(x.p99RatioMax)})`,
         x.maxMs !== undefined && Number.isFinite(x.maxMs) ? `${fmt(x.maxMs, 0)} (${fmt(x.maxMin, 0)}–${fmt(x.maxMax, 0)})` : '–',
         x.pauseP50Ms !== undefined ? `${fmt(x.pauseP50Ms)} / ${fmt(x.pauseP99Ms)} / ${fmt(x.pauseMaxMs)}` : '–',
-        x.kind === 'ours' && x.agentCores !== undefined && Number.isFinite(x.agentCores) ? `${fmt(x.agentCores, 2)} / ${fmt(x.standbyCores, 2)}` : '–',
+        (x.kind === 'ours' || x.kind === 'track') && x.agentCores !== undefined && Number.isFinite(x.agentCores) ? `${fmt(x.agentCores, 2)} / ${x.kind === 'track' ? '–' : fmt(x.standbyCores, 2)}` : '–',
         x.kind === 'ours' ? fmt(x.rebases, 0) : '–'])), '');
   }
   const setRow = (label: string) => rows.find((x) => x.phase === 'redis SET' && x.config === label);
@@ -442,7 +458,7 @@ export function renderOverhead(r: ScenarioResult<OverheadData>, plot: (name: str
   if (failed.length) lines.push(`Sessions that failed (left out of the figures): ${failed.map((s) => `round ${s.round} ${s.workload} ${s.label}: ${s.error?.slice(0, 200)}`).join('; ')}.`, '');
 
   // Scenario 3: link use, from the same sessions.
-  const linkRows = rows.filter((x) => x.kind !== 'none');
+  const linkRows = rows.filter((x) => x.kind === 'ours' || x.kind === 'criu');
   lines.push(
     '## 3. Link use: bytes per epoch, compression, and a 1 Gbit/s link',
     '',
