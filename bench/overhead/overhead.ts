@@ -11,7 +11,7 @@
 //     every commit), at epochs of 25, 100 and 1000 ms,
 //   - baseline a: periodic CRIU dumps (bench/baselines/criu-periodic.ts) at the same periods.
 // Each session starts a fresh target, and the agents or the dumper, then runs the load.
-import { spawnSync } from 'node:child_process';
+import { spawnSync, type ChildProcess } from 'node:child_process';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
@@ -23,7 +23,8 @@ import { percentile } from '../../src/util/stats.js';
 import { PeriodicDumps, type DumpRecord } from '../baselines/criu-periodic.js';
 import { Figures, median, summary, type Figure, type RunContext, type Scenario, type ScenarioOutput, type ScenarioResult } from '../lib/harness.js';
 import { barsWithRange } from '../lib/plot.js';
-import { autocannon, cleanup, freePort, redisBenchmark, startCli, startHttpServer, startRedis, type CliProcess, type LoadResult, type Target } from '../lib/processes.js';
+import { autocannon, cleanup, freePort, redisBenchmark, startChild, startCli, startHttpServer, startRedis, stopChild, type CliProcess, type LoadResult, type Target } from '../lib/processes.js';
+import { CLI } from '../../test/helpers/cli-process.js';
 import { fmt, figureTable, provenance, table } from '../lib/report.js';
 
 /**
@@ -161,6 +162,7 @@ async function session(ctx: Ctx, round: number, workload: Workload, config: Conf
   let standby: CliProcess | undefined;
   let primary: CliProcess | undefined;
   let dumps: PeriodicDumps | undefined;
+  let tracking: ChildProcess | undefined;
   try {
     target = workload === 'redis' ? await startRedis(port) : await startHttpServer(port);
     if (config.kind === 'ours') {
@@ -173,9 +175,11 @@ async function session(ctx: Ctx, round: number, workload: Workload, config: Conf
     } else if (config.kind === 'track') {
       // The primary's capture alone: freeze, find the written pages, read them, thaw, every
       // epoch; nothing encoded, sent or stored (replicate dirty-rate).
-      primary = startCli(['dirty-rate', '--pid', String(target.pid), '--epoch', `${config.epochMs}ms`, '--duration', '1h'], 'replicate dirty-rate');
+      tracking = startChild('replicate dirty-rate', process.execPath, [CLI, 'dirty-rate', '--pid', String(target.pid), '--epoch', `${config.epochMs}ms`, '--duration', '1h', '--json'], { stdio: ['ignore', 'ignore', 'pipe'] });
+      let err = '';
+      tracking.stderr!.on('data', (d) => { err += d; });
       await sleep(1000);
-      if (primary.child.exitCode !== null) throw new Error(`replicate dirty-rate exited: ${primary.stderr.slice(-500)}`);
+      if (tracking.exitCode !== null) throw new Error(`replicate dirty-rate exited (${tracking.exitCode}): ${err.slice(-500)}`);
     } else if (config.kind === 'criu') {
       dumps = new PeriodicDumps({ criu: ctx.criu, pid: target.pid, epochMs: config.epochMs, work: join(ctx.work, `criu-${workload}-${config.epochMs}-${round}`), networkLock: ctx.networkLock }).start();
       await dumps.firstDone;
@@ -183,15 +187,15 @@ async function session(ctx: Ctx, round: number, workload: Workload, config: Conf
     for (const phase of phases) {
       const from = primary?.events.length ?? 0;
       const before = primary ? lastCommitEpoch(primary.events, from) : 0;
-      const cpu0 = [cpuSeconds(primary?.child.pid), cpuSeconds(standby?.child.pid)];
+      const cpu0 = [cpuSeconds(primary?.child.pid ?? tracking?.pid), cpuSeconds(standby?.child.pid)];
       const t0 = performance.now();
       const r = await load(ctx, workload, port, phase);
       const t1 = performance.now();
-      const cpu1 = [cpuSeconds(primary?.child.pid), cpuSeconds(standby?.child.pid)];
+      const cpu1 = [cpuSeconds(primary?.child.pid ?? tracking?.pid), cpuSeconds(standby?.child.pid)];
       if (config.kind === 'ours') await primary!.next('commit', 10_000 + config.epochMs * 3).catch(() => undefined);
       const sample: PhaseSample = { phase, rps: r.rps, p50Ms: r.p50Ms, p99Ms: r.p99Ms, ...(r.maxMs !== undefined ? { maxMs: r.maxMs } : {}), ms: t1 - t0, ...(r.requests !== undefined ? { requests: r.requests, errors: r.errors } : {}) };
-      if (primary) {
-        if (config.kind === 'ours') Object.assign(sample, oursPhase(primary.events, from, primary.events.length, before));
+      if (primary || tracking) {
+        if (primary) Object.assign(sample, oursPhase(primary.events, from, primary.events.length, before));
         const s = (t1 - t0) / 1000;
         sample.agentCores = (cpu1[0]! - cpu0[0]!) / s;
         sample.standbyCores = (cpu1[1]! - cpu0[1]!) / s;
@@ -213,6 +217,7 @@ async function session(ctx: Ctx, round: number, workload: Workload, config: Conf
       if (errs.length) out.criuErrors = [...new Set(errs)].slice(0, 3);
     }
     await primary?.stop();
+    if (tracking) await stopChild(tracking, 'SIGINT');
     await standby?.stop();
     await target?.stop();
   }
