@@ -272,7 +272,8 @@ export class Primary extends EventEmitter {
       // The heartbeat channel first, before anything closes the data connection: the
       // standby reads this goodbye at once, whereas the one on the data connection may wait
       // behind pages it has not read yet, and the channel's silence meanwhile looks like death.
-      await this.#beats?.close('primary stopping');
+      // At most a second: a standby that does not answer must not hold the stop up.
+      if (this.#beats) await Promise.race([this.#beats.close('primary stopping'), sleep(1000, undefined, { ref: false })]);
       this.#abort.abort();
       await this.#loop.stop();
       this.#link?.close('primary stopping');
