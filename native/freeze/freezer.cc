@@ -56,8 +56,10 @@ bool Freezer::WaitStop(FrozenThread& t, std::chrono::steady_clock::time_point de
       ProcStat st;
       if (spins % 16 == 0 &&
           (!ReadStat("/proc/" + std::to_string(pid_) + "/task/" + std::to_string(t.tid) + "/stat", st) ||
-           st.state == 'Z' || st.state == 'X'))
+           st.state == 'Z' || st.state == 'X')) {
+        zombies_.push_back(t.tid);  // not reaped yet: Thaw does it
         return false;
+      }
       struct timespec ts = {0, 50 * 1000};
       nanosleep(&ts, nullptr);
     }
@@ -113,15 +115,21 @@ void Freezer::Thaw() noexcept {
       continue;
     // The thread was killed while stopped (SIGKILL reaches traced threads). As its
     // tracer we must reap it, or the process could never be fully reaped by its parent.
-    for (int i = 0; i < 2000; ++i) {
-      int status;
-      pid_t r = waitpid(t.tid, &status, __WALL | WNOHANG);
-      if (r == t.tid || (r < 0 && errno != EINTR)) break;
-      struct timespec ts = {0, 50 * 1000};
-      nanosleep(&ts, nullptr);
-    }
+    Reap(t.tid);
   }
   threads_.clear();
+  for (pid_t tid : zombies_) Reap(tid);
+  zombies_.clear();
+}
+
+void Freezer::Reap(pid_t tid) noexcept {
+  for (int i = 0; i < 2000; ++i) {
+    int status;
+    pid_t r = waitpid(tid, &status, __WALL | WNOHANG);
+    if (r == tid || (r < 0 && errno != EINTR)) return;
+    struct timespec ts = {0, 50 * 1000};
+    nanosleep(&ts, nullptr);
+  }
 }
 
 FrozenThread& Freezer::Injector() {

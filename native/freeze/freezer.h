@@ -40,10 +40,16 @@ class Freezer {
   // Waits for `tid` to report a ptrace stop; records a signal-delivery stop in `t`.
   // Returns false when the thread exited.
   bool WaitStop(FrozenThread& t, std::chrono::steady_clock::time_point deadline);
+  // Waits (up to 100 ms) for a thread we trace to be reapable, and reaps it.
+  void Reap(pid_t tid) noexcept;
 
  private:
   pid_t pid_;
   std::vector<FrozenThread> threads_;
+  // Threads we seized that turned into zombies before they stopped (the process was
+  // exiting). We are still their tracer: Thaw must reap them, or their process can never be
+  // reaped by its parent (the target hung as a zombie, its parent waiting forever).
+  std::vector<pid_t> zombies_;
 };
 
 }  // namespace remus
