@@ -297,12 +297,18 @@ export class Standby extends EventEmitter {
     });
   }
 
+  /** The primary said it stops replicating (on either connection): no promotion. */
+  #stoppedInOrder(): void {
+    if (!this.#armed) return;
+    this.#armed = false;
+    this.#log.info('the primary stopped replication in order: no promotion');
+  }
+
   /** A session ended: an orderly goodbye disarms the detector, anything else leaves it watching. */
   #onSessionEnd(session: Session): void {
     const bye = session.byeReason;
     if (bye === 'primary stopping') {
-      this.#armed = false;
-      this.#log.info('the primary stopped replication in order: no promotion');
+      this.#stoppedInOrder();
     } else if (bye === 'target-exited') {
       if (this.#o.promoteOnTargetExit && this.#store.committed) {
         this.#log.warn('the protected process exited on the primary: promoting (promoteOnTargetExit)');
@@ -589,8 +595,7 @@ export class Standby extends EventEmitter {
       if (c.bye.reason === 'primary stopping') {
         // Said first on this channel: the data connection's own goodbye may wait behind
         // megabytes of unread pages, and meanwhile this channel's silence looked like death.
-        this.#armed = false;
-        this.#log.info('the primary stopped replication in order: no promotion');
+        this.#stoppedInOrder();
         return;
       }
       // Closed on purpose (its data connection ended, say): judge by the data connection
