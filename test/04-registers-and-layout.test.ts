@@ -1,12 +1,12 @@
 // Registers, layout, brk and clocks as they must go into a CRIU image.
-import { closeSync, mkdtempSync, openSync, readSync, rmSync } from 'node:fs';
+import { closeSync, mkdtempSync, openSync, readFileSync, readSync, rmSync } from 'node:fs';
 import net from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterEach, expect, it } from 'vitest';
 import { decodeGpRegisters, Tracker } from '../src/index.js';
 import { native } from '../src/native/binding.js';
-import { startCounter } from './helpers/counter.js';
+import { field, query, startCounter } from './helpers/counter.js';
 import { killAll, Target } from './helpers/target.js';
 
 afterEach(async () => { await killAll(); });
@@ -116,6 +116,49 @@ it('descriptors: a file with its position and size, sockets classified, a TCP co
     }
   } finally {
     client.destroy();
+    await c.kill();
+    rmSync(dir, { recursive: true, force: true });
+  }
+});
+
+it('an unchanged layout comes back as the same arrays; a new mapping or descriptor as new ones that match /proc', async () => {
+  const dir = mkdtempSync(join(tmpdir(), 'rr-same-'));
+  const c = await startCounter(dir, 'c', ['--pages', '16', '--data', join(dir, 'data.bin')]);
+  try {
+    const tracker = await Tracker.attach(c.pid);
+    try {
+      const mapsNow = () => readFileSync(`/proc/${c.pid}/maps`, 'utf8').trim().split('\n').length;
+      const a = await tracker.epoch();
+      const b = await tracker.epoch();
+      // Nothing changed: not converted again, and the primary's state delta sees it by identity.
+      expect(b.vmasSame && b.fdsSame).toBe(true);
+      expect(b.vmas).toBe(a.vmas);
+      expect(b.fds).toBe(a.fds);
+      expect(a.vmas.length).toBe(mapsNow());
+      // An epoch without layout or descriptors neither matches nor replaces what was kept.
+      const none = await tracker.epoch({ layout: false, files: false });
+      expect([none.vmas.length, none.vmasSame, none.fds.length, none.fdsSame]).toEqual([0, false, 0, false]);
+      expect((await tracker.epoch()).vmas).toBe(a.vmas);
+
+      const reply = await query(c.port, 'mmap 8');
+      expect(reply.startsWith('ok')).toBe(true);
+      const d = await tracker.epoch();
+      expect(d.vmasSame).toBe(false);
+      expect(d.vmas).not.toBe(a.vmas);
+      expect(d.vmas.length).toBe(mapsNow());
+      const at = field(reply, 'addr');
+      expect(d.vmas.some((v) => v.start <= at && v.end >= at + 8n * 4096n && v.perms === 'rw-p')).toBe(true);
+      // The descriptor that served the query is gone again, so fds may match the first list;
+      // opening one for good makes them differ.
+      expect((await query(c.port, `logopen ${join(dir, 'log')}`)).startsWith('ok')).toBe(true);
+      const f = await tracker.epoch();
+      expect(f.fdsSame).toBe(false);
+      expect(f.fds.some((x) => x.target === join(dir, 'log'))).toBe(true);
+      expect(f.vmas).toBe(d.vmas);
+    } finally {
+      await tracker.close();
+    }
+  } finally {
     await c.kill();
     rmSync(dir, { recursive: true, force: true });
   }

@@ -36,6 +36,24 @@ const char* RestartName(SyscallRestart r) {
   return "none";
 }
 
+bool SameVma(const Vma& a, const Vma& b) {
+  return a.start == b.start && a.end == b.end && a.offset == b.offset && a.prot == b.prot && a.shared == b.shared &&
+         a.dev_major == b.dev_major && a.dev_minor == b.dev_minor && a.inode == b.inode && a.path == b.path;
+}
+
+bool SameFd(const OpenFd& a, const OpenFd& b) {
+  return a.fd == b.fd && a.target == b.target && a.pos == b.pos && a.flags == b.flags && a.size == b.size && a.inode == b.inode &&
+         a.kind == b.kind;
+}
+
+template <typename T, typename Eq>
+bool SameList(const std::vector<T>& a, const std::vector<T>& b, Eq eq) {
+  if (a.size() != b.size()) return false;
+  for (size_t i = 0; i < a.size(); ++i)
+    if (!eq(a[i], b[i])) return false;
+  return true;
+}
+
 // Page buffers lent to JS, by data pointer, so that ReleasePages can return them early.
 struct Lent {
   std::unique_ptr<PageBuffer> buf;
@@ -69,7 +87,7 @@ Napi::Value RangesToJs(Napi::Env env, const std::vector<PageRange>& ranges) {
   return arr;
 }
 
-Napi::Value EpochToJs(Napi::Env env, EpochData& d, const std::shared_ptr<BufferPool>& pool) {
+Napi::Value EpochToJs(Napi::Env env, EpochData& d, const std::shared_ptr<BufferPool>& pool, LayoutMemo& memo) {
   Napi::Object o = Napi::Object::New(env);
   o.Set("seq", Napi::Number::New(env, static_cast<double>(d.seq)));
   Napi::Object t = Napi::Object::New(env);
@@ -102,8 +120,16 @@ Napi::Value EpochToJs(Napi::Env env, EpochData& d, const std::shared_ptr<BufferP
   }
   o.Set("threads", threads);
 
-  Napi::Array vmas = Napi::Array::New(env, d.vmas.size());
-  for (size_t i = 0; i < d.vmas.size(); ++i) {
+  // An empty list was not captured (layout: false; a process always has mappings): it
+  // neither matches nor replaces the memo.
+  const bool vmas_same = !d.vmas.empty() && memo.has_vmas && SameList(memo.vmas, d.vmas, SameVma);
+  o.Set("vmasSame", Napi::Boolean::New(env, vmas_same));
+  if (!vmas_same && !d.vmas.empty()) {
+    memo.vmas = d.vmas;
+    memo.has_vmas = true;
+  }
+  Napi::Array vmas = Napi::Array::New(env, vmas_same ? 0 : d.vmas.size());
+  for (size_t i = 0; !vmas_same && i < d.vmas.size(); ++i) {
     const auto& v = d.vmas[i];
     Napi::Object m = Napi::Object::New(env);
     m.Set("start", Big(env, v.start));
@@ -117,8 +143,14 @@ Napi::Value EpochToJs(Napi::Env env, EpochData& d, const std::shared_ptr<BufferP
   }
   o.Set("vmas", vmas);
   o.Set("brk", Big(env, d.brk));
-  Napi::Array fds = Napi::Array::New(env, d.fds.size());
-  for (size_t i = 0; i < d.fds.size(); ++i) {
+  const bool fds_same = !d.fds.empty() && memo.has_fds && SameList(memo.fds, d.fds, SameFd);
+  o.Set("fdsSame", Napi::Boolean::New(env, fds_same));
+  if (!fds_same && !d.fds.empty()) {
+    memo.fds = d.fds;
+    memo.has_fds = true;
+  }
+  Napi::Array fds = Napi::Array::New(env, fds_same ? 0 : d.fds.size());
+  for (size_t i = 0; !fds_same && i < d.fds.size(); ++i) {
     const auto& f = d.fds[i];
     Napi::Object x = Napi::Object::New(env);
     x.Set("fd", Napi::Number::New(env, f.fd));

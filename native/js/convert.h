@@ -9,7 +9,19 @@
 
 namespace remus {
 
-Napi::Value EpochToJs(Napi::Env env, EpochData& data, const std::shared_ptr<BufferPool>& pool);
+// The layout and descriptors last handed to JS by one tracker. Between two epochs they
+// rarely change, and building ~100 mapping objects (BigInts, strings) was most of what
+// converting an idle epoch cost: an unchanged list goes out as `vmasSame` / `fdsSame`
+// with an empty array, and the Tracker in TS hands out the array it kept. Touched only on
+// the JS thread, by the conversion.
+struct LayoutMemo {
+  std::vector<Vma> vmas;
+  std::vector<OpenFd> fds;
+  bool has_vmas = false;
+  bool has_fds = false;
+};
+
+Napi::Value EpochToJs(Napi::Env env, EpochData& data, const std::shared_ptr<BufferPool>& pool, LayoutMemo& memo);
 Napi::Value AttachInfoToJs(Napi::Env env, const AttachInfo& info);
 Napi::Value CapsToJs(Napi::Env env, const KernelCaps& caps);
 Napi::Value RangesToJs(Napi::Env env, const std::vector<PageRange>& ranges);

@@ -81,9 +81,10 @@ Napi::Value TrackerWrap::Epoch(const Napi::CallbackInfo& info) {
   }
   std::shared_ptr<Tracker> tracker = tracker_;
   std::shared_ptr<BufferPool> pool = pool_;
+  std::shared_ptr<LayoutMemo> memo = memo_;
   return RunOnTracer<EpochData>(
       env, *thread_, [tracker, opts]() { return tracker->Epoch(opts); },
-      [pool](Napi::Env env, EpochData& data) { return EpochToJs(env, data, pool); });
+      [pool, memo](Napi::Env env, EpochData& data) { return EpochToJs(env, data, pool, *memo); });
 }
 
 Napi::Value TrackerWrap::Present(const Napi::CallbackInfo& info) {

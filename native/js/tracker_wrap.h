@@ -3,6 +3,7 @@
 #include <memory>
 #include <napi.h>
 
+#include "js/convert.h"
 #include "js/tracer_thread.h"
 #include "tracker/tracker.h"
 
@@ -30,6 +31,7 @@ class TrackerWrap : public Napi::ObjectWrap<TrackerWrap> {
   // Only touched on the tracer thread once created.
   std::shared_ptr<Tracker> tracker_;
   std::shared_ptr<BufferPool> pool_;
+  std::shared_ptr<LayoutMemo> memo_ = std::make_shared<LayoutMemo>();
   std::unique_ptr<TracerThread> thread_;
   bool closed_ = false;
   napi_env env_ = nullptr;

@@ -140,13 +140,20 @@ class Printer {
   #lastHuman = 0;
   constructor(json: boolean) { this.json = json; }
   event(type: string, data: object, human?: string, throttleMs = 0): void {
+    this.lazyEvent(type, throttleMs, () => ({ data, human }));
+  }
+
+  /** event() for a line that costs something to build: `build` runs only if it is printed. */
+  lazyEvent(type: string, throttleMs: number, build: () => { data: object; human?: string }): void {
     if (this.json) {
+      const { data } = build();
       process.stdout.write(`${JSON.stringify({ event: type, time: new Date().toISOString(), ...data }, (_k, v) => (typeof v === 'bigint' ? v.toString() : v))}\n`);
       return;
     }
-    if (!human) return;
     const now = Date.now();
     if (throttleMs && now - this.#lastHuman < throttleMs) return;
+    const { human } = build();
+    if (!human) return;
     this.#lastHuman = now;
     process.stdout.write(`${human}\n`);
   }
@@ -203,12 +210,13 @@ async function protect(pid: number, o: PrimaryCliOptions, extra: { targetExited?
     bar?.stop(); bar = undefined;
     out.event('synced', s, `initial sync: ${s.pages} pages in ${Math.round(s.ms)} ms (epoch ${s.epoch})`);
   });
-  primary.on('commit', (c: CommitInfo) => {
+  primary.on('commit', (c: CommitInfo) => out.lazyEvent('commit', process.stdout.isTTY ? 1000 : 10_000, () => {
     const st = primary.stats();
-    out.event('commit', { ...c, pauseMs: st.pauseMs, compressionRatio: st.compressionRatio },
-      `epoch ${c.epoch} committed · lag ${c.lagMs} ms · pause p50 ${st.pauseMs.p50.toFixed(2)} ms p99 ${st.pauseMs.p99.toFixed(2)} ms · ${Math.round(st.pagesPerEpoch)} pages, ${formatBytes(st.bytesPerEpoch)}/epoch · ratio ${st.compressionRatio.toFixed(1)}x`,
-      process.stdout.isTTY ? 1000 : 10_000);
-  });
+    return {
+      data: { ...c, pauseMs: st.pauseMs, compressionRatio: st.compressionRatio },
+      human: `epoch ${c.epoch} committed · lag ${c.lagMs} ms · pause p50 ${st.pauseMs.p50.toFixed(2)} ms p99 ${st.pauseMs.p99.toFixed(2)} ms · ${Math.round(st.pagesPerEpoch)} pages, ${formatBytes(st.bytesPerEpoch)}/epoch · ratio ${st.compressionRatio.toFixed(1)}x`,
+    };
+  }));
   primary.on('link', () => void writeStatus());
   primary.on('link', (state: string) => out.event('link', { state }, state === 'streaming' || state === 'disconnected' ? `link: ${state}` : undefined));
   primary.on('standby-lost', (x: { reason: string; retryInMs: number }) => out.event('standby-lost', x, `standby lost (${x.reason}); the target keeps running; retrying in ${Math.round(x.retryInMs)} ms, then a full resynchronisation`));

@@ -64,9 +64,13 @@ export interface NativeEpoch {
   clocks: { monotonicNs: bigint; boottimeNs: bigint; realtimeNs: bigint };
   threads: NativeThreadState[];
   vmas: NativeVma[];
+  /** The mappings are those of the previous epoch (`vmas` is then empty): see LayoutMemo in native/js/convert.h. */
+  vmasSame: boolean;
   brk: bigint;
   /** Open descriptors and child PIDs (empty with `files: false`). */
   fds: NativeOpenFd[];
+  /** Likewise for `fds`. */
+  fdsSame: boolean;
   children: number[];
   /** Pairs: start address, number of pages. Sorted, merged. */
   ranges: BigUint64Array;

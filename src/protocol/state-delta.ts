@@ -64,6 +64,7 @@ export function applyStateDelta(prev: EpochState | null | undefined, state: Epoc
 }
 
 function listsEqual<T>(a: readonly T[], b: readonly T[], eq: (x: T, y: T) => boolean): boolean {
+  if (a === b) return true;
   if (a.length !== b.length) return false;
   for (let i = 0; i < a.length; i++) if (!eq(a[i]!, b[i]!)) return false;
   return true;

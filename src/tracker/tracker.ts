@@ -61,6 +61,9 @@ export class Tracker {
   readonly backend: BackendName;
   readonly backendReason: string;
   #native: NativeTracker | undefined;
+  /** The lists the native side last sent whole: an unchanged one comes back as *Same. */
+  #vmas: NativeVma[] = [];
+  #fds: Epoch['fds'] = [];
 
   private constructor(pid: number, handle: NativeTracker, info: AttachInfo) {
     this.pid = pid;
@@ -94,6 +97,11 @@ export class Tracker {
       full: options.full ?? false,
       files: options.files ?? true,
     }));
+    // The same array object as last time: consumers may compare by identity.
+    if (raw.vmasSame) raw.vmas = this.#vmas;
+    else if (raw.vmas.length) this.#vmas = raw.vmas;
+    if (raw.fdsSame) raw.fds = this.#fds;
+    else if (raw.fds.length) this.#fds = raw.fds;
     return decorate(raw);
   }
 

@@ -19,21 +19,38 @@ export function summarize(values: readonly number[]): Summary {
   };
 }
 
-/** The last `size` values, for percentiles over a sliding window (0 when empty). */
+/**
+ * The last `size` values, for percentiles over a sliding window (0 when empty). The sorted
+ * copy is kept until the next add(): p50, p99 and max of one epoch sort once, and a numeric
+ * typed-array sort needs no comparator calls (this runs at every commit, 40 times a second
+ * at 25 ms epochs).
+ */
 export class Percentiles {
-  readonly #size: number;
-  #values: number[] = [];
+  readonly #values: Float64Array;
+  #count = 0;
   #next = 0;
+  #sorted: Float64Array | null = null;
 
-  constructor(size: number) { this.#size = size; }
+  constructor(size: number) { this.#values = new Float64Array(size); }
 
   add(v: number): void {
-    if (this.#values.length < this.#size) this.#values.push(v);
-    else this.#values[this.#next] = v;
-    this.#next = (this.#next + 1) % this.#size;
+    this.#values[this.#next] = v;
+    this.#next = (this.#next + 1) % this.#values.length;
+    if (this.#count < this.#values.length) this.#count++;
+    this.#sorted = null;
   }
 
-  p(p: number): number { return this.#values.length ? percentile(this.#values, p) : 0; }
-  max(): number { return this.#values.length ? Math.max(...this.#values) : 0; }
-  get count(): number { return this.#values.length; }
+  p(p: number): number {
+    if (this.#count === 0) return 0;
+    const sorted = this.#sortedValues();
+    return sorted[Math.min(this.#count - 1, Math.max(0, Math.ceil((p / 100) * this.#count) - 1))]!;
+  }
+
+  max(): number { return this.#count ? this.#sortedValues()[this.#count - 1]! : 0; }
+  get count(): number { return this.#count; }
+
+  #sortedValues(): Float64Array {
+    this.#sorted ??= this.#values.slice(0, this.#count).sort();
+    return this.#sorted;
+  }
 }
