@@ -55,6 +55,8 @@ export interface PhaseSample {
   maxMs?: number;
   /** ours: CPU the primary agent and the standby used during the phase, in cores (CPU seconds per second). */
   agentCores?: number; standbyCores?: number;
+  /** ours: bytes the standby process wrote to its disk per second during the phase (/proc/PID/io write_bytes: store and compactions). */
+  standbyDiskBytesPerSecond?: number;
   /** ours: commits during the phase. */
   commits?: number; epochs?: number; pages?: number; wireBytes?: number;
   pauseMs?: { p50: number; p99: number; max: number };
@@ -89,6 +91,8 @@ export interface Row {
   rebases?: number;
   /** ours: CPU of the primary agent and of the standby during the phase, cores (medians over rounds). */
   agentCores?: number; standbyCores?: number;
+  /** ours: the standby's disk writes, bytes per second (median over rounds). */
+  standbyDiskBytesPerSecond?: number;
 }
 
 const CONFIGS = (epochs: number[]): Config[] => [
@@ -131,6 +135,23 @@ function cpuSeconds(pid: number | undefined): number {
   }
 }
 const CLOCK_TICKS = 100; // USER_HZ: 100 on every Linux x86_64 build
+
+/**
+ * Bytes a process has caused to be written to storage so far: counted when it dirties
+ * page-cache pages, less those of files deleted before they reached the disk; NaN when it
+ * is gone.
+ */
+function diskWriteBytes(pid: number | undefined): number {
+  if (!pid) return Number.NaN;
+  try {
+    const io = readFileSync(`/proc/${pid}/io`, 'utf8');
+    const w = /^write_bytes: (\d+)$/m.exec(io);
+    const c = /^cancelled_write_bytes: (\d+)$/m.exec(io);
+    return w && c ? Number(w[1]) - Number(c[1]) : Number.NaN;
+  } catch {
+    return Number.NaN;
+  }
+}
 
 /** Moves every thread of `pid` to SCHED_IDLE (threads made later inherit it). */
 function idlePriority(pid: number): void {
@@ -190,10 +211,12 @@ async function session(ctx: Ctx, round: number, workload: Workload, config: Conf
       const from = primary?.events.length ?? 0;
       const before = primary ? lastCommitEpoch(primary.events, from) : 0;
       const cpu0 = [cpuSeconds(primary?.child.pid ?? tracking?.pid), cpuSeconds(standby?.child.pid)];
+      const disk0 = diskWriteBytes(standby?.child.pid);
       const t0 = performance.now();
       const r = await load(ctx, workload, port, phase);
       const t1 = performance.now();
       const cpu1 = [cpuSeconds(primary?.child.pid ?? tracking?.pid), cpuSeconds(standby?.child.pid)];
+      const disk1 = diskWriteBytes(standby?.child.pid);
       if (config.kind === 'ours') await primary!.next('commit', 10_000 + config.epochMs * 3).catch(() => undefined);
       const sample: PhaseSample = { phase, rps: r.rps, p50Ms: r.p50Ms, p99Ms: r.p99Ms, ...(r.maxMs !== undefined ? { maxMs: r.maxMs } : {}), ms: t1 - t0, ...(r.requests !== undefined ? { requests: r.requests, errors: r.errors } : {}) };
       if (primary || tracking) {
@@ -201,6 +224,7 @@ async function session(ctx: Ctx, round: number, workload: Workload, config: Conf
         const s = (t1 - t0) / 1000;
         sample.agentCores = (cpu1[0]! - cpu0[0]!) / s;
         sample.standbyCores = (cpu1[1]! - cpu0[1]!) / s;
+        if (standby) sample.standbyDiskBytesPerSecond = (disk1 - disk0) / s;
       }
       if (dumps) Object.assign(sample, criuPhase(dumps.records, t0, t1));
       out.phases.push(sample);
@@ -269,6 +293,7 @@ export function rowsOf(sessions: Session[], configs: Config[]): Row[] {
         row.epochsPerSecond = med(got.map((p) => (p.epochs ?? 0) / (p.ms / 1000)));
         row.agentCores = med(got.map((p) => p.agentCores));
         row.standbyCores = med(got.map((p) => p.standbyCores));
+        row.standbyDiskBytesPerSecond = med(got.map((p) => p.standbyDiskBytesPerSecond));
         row.rebases = med(sessions.filter((x) => x.label === label && x.phases.some((p) => p.phase === phase)).map((x) => x.rebases));
       } else if (c.kind === 'track') {
         row.agentCores = med(got.map((p) => p.agentCores));
@@ -338,6 +363,8 @@ export function figuresOf(sessions: Session[], configs: Config[], rows: Row[]): 
       F.add({ what: `${phase} link: compression (raw / wire)`, config: label, unit: '×', values: ss.map((p) => (p.wireBytes ? ((p.pages ?? 0) * 4096) / p.wireBytes : Number.NaN)), better: 'higher', over: 'runs' });
       F.add({ what: `${phase} link: share of a 1 Gbit/s link`, config: label, unit: '%', values: ss.map((p) => (100 * (p.wireBytes ?? 0)) / (p.ms / 1000) / LINK_BYTES_PER_S), better: 'lower', over: 'runs' });
       F.add({ what: `${phase} link: dirty rate a 1 Gbit/s link sustains at this compression`, config: label, unit: 'MB/s', values: ss.map((p) => (p.wireBytes ? (LINK_BYTES_PER_S * ((p.pages ?? 0) * 4096)) / p.wireBytes / 1e6 : Number.NaN)), better: 'higher', over: 'runs' });
+      const disk = ss.map((p) => p.standbyDiskBytesPerSecond).filter((x): x is number => x !== undefined && Number.isFinite(x));
+      if (disk.length) F.add({ what: `${phase} standby: disk writes per second`, config: label, unit: 'B/s', values: disk, better: 'lower', over: 'runs' });
     }
     for (const r of rows.filter((x) => x.phase === phase && x.kind === 'criu')) {
       const ss = sessions.filter((s) => s.label === r.config && !s.error).map((s) => s.phases.find((p) => p.phase === phase)).filter((p): p is PhaseSample => !!p && !!p.imageBytes);
@@ -419,7 +446,7 @@ export function renderOverhead(r: ScenarioResult<OverheadData>, plot: (name: str
     '',
     provenance(r),
     '',
-    `Workloads: redis-server (no persistence) under \`redis-benchmark -t set\` then \`-t get\` over the keys SET wrote (\`-c 50 -r 100000 -n ${d.redisRequests}\` each), and a Node.js HTTP server with 20 000 objects in memory, every request updating one (\`bench/targets/http-server.mjs\`), under \`autocannon -c ${d.httpConnections} -d ${d.httpSeconds}\`. Configurations: **unreplicated** (baseline: no replication at all); **ours**: a \`replicate --pid PID --epoch E\` primary process streaming to a \`replicate standby\` process on loopback (TLS 1.3 with a pre-shared key, the standby fsyncs every commit, CRIU base image taken at start); **ours, standby idle-priority**: the same at 100 ms with every thread of the standby at \`SCHED_IDLE\` (it runs only on CPU the target and the load generator leave: what a standby on its own host costs the primary's host, which this 2-core machine cannot otherwise show; it then lags and its epochs coalesce); **tracking only**: \`replicate dirty-rate --epoch 100ms\` on the target, the primary's capture alone (freeze every thread, find the written pages and re-arm, read them, thaw; nothing encoded, sent or stored): the floor of what protecting costs the target itself; **CRIU dumps** (baseline: the recipe of the CRIU and docker-checkpoint guides): \`criu dump --leave-running --tcp-established --network-lock ${d.criuNetworkLock}\` of the same target every E ms into a fresh directory, then shipped as a tar stream into another directory (a dump starts every E ms, or as soon as the previous dump and shipment are done when they take longer). ${d.rounds} rounds; each round runs every configuration once on a fresh target, in an order reversed every other round. Ratios are per round (configuration / unreplicated of the same round), median with min–max over the rounds.`,
+    `Workloads: redis-server (no persistence) under \`redis-benchmark -t set\` then \`-t get\` over the keys SET wrote (\`-c 50 -r 100000 -n ${d.redisRequests}\` each), and a Node.js HTTP server with 20 000 objects in memory, every request updating one (\`bench/targets/http-server.mjs\`), under \`autocannon -c ${d.httpConnections} -d ${d.httpSeconds}\`. Configurations: **unreplicated** (baseline: no replication at all); **ours**: a \`replicate --pid PID --epoch E\` primary process streaming to a \`replicate standby\` process on loopback (TLS 1.3 with a pre-shared key, the standby fsyncs every commit, CRIU base image taken at start); **ours, standby idle-priority**: the same at 100 ms with every thread of the standby at \`SCHED_IDLE\` (it runs only on CPU the target and the load generator leave: what a standby on its own host costs the primary's host, which this 2-core machine cannot otherwise show; it then lags and its epochs coalesce); **tracking only**: \`replicate dirty-rate --epoch 100ms\` (and \`25ms\`) on the target, the primary's capture alone (freeze every thread, find the written pages and re-arm, read them, thaw; nothing encoded, sent or stored): the floor of what protecting costs the target itself; **CRIU dumps** (baseline: the recipe of the CRIU and docker-checkpoint guides): \`criu dump --leave-running --tcp-established --network-lock ${d.criuNetworkLock}\` of the same target every E ms into a fresh directory, then shipped as a tar stream into another directory (a dump starts every E ms, or as soon as the previous dump and shipment are done when they take longer). ${d.rounds} rounds; each round runs every configuration once on a fresh target, in an order reversed every other round. Ratios are per round (configuration / unreplicated of the same round), median with min–max over the rounds.`,
     '',
     `CRIU: ${d.criu}. No soft-dirty in this kernel, so CRIU cannot dump incrementally (\`--track-mem\`, pre-dump): every dump is a full one, which is what the recipe gets here. CRIU's network lock: \`${d.criuNetworkLock}\`; with its default (\`iptables\`, one rule per connection, set and removed while the target is frozen) a redis-server with 50 clients stayed frozen about 2.3 s per dump on this machine, so the baseline gets the faster lock.`,
     '',
@@ -476,12 +503,13 @@ export function renderOverhead(r: ScenarioResult<OverheadData>, plot: (name: str
   lines.push(
     '## 3. Link use: bytes per epoch, compression, and a 1 Gbit/s link',
     '',
-    `Derived from the sessions of section 2 (same run, same command: ${`\`${r.command}\``}). Ours: the wire bytes of the batches the primary committed during the load phase (encoded pages plus message framing; what TLS carries), over the epochs those batches covered; compression = raw dirty pages (4096 B each) / wire bytes. A re-base (see the re-bases column above) sends a whole new CRIU base image inside its batch, and those bytes count here too: where a re-base falls in a short phase, it dominates the bytes (compression below 1× means that). CRIU: the tar stream shipped per dump (every page of the process, each time). A 1 Gbit/s link carries 125 MB/s: the share of it the workload uses, and what it would sustain: for ours, the dirty rate (raw MB/s of written pages) at the compression measured; for CRIU, checkpoints per second of this size.`,
+    `Derived from the sessions of section 2 (same run, same command: ${`\`${r.command}\``}). Ours: the wire bytes of the batches the primary committed during the load phase (encoded pages plus message framing; what TLS carries), over the epochs those batches covered; compression = raw dirty pages (4096 B each) / wire bytes. A re-base (see the re-bases column above) sends a whole new CRIU base image inside its batch, and those bytes count here too: where a re-base falls in a short phase, it dominates the bytes (compression below 1× means that). CRIU: the tar stream shipped per dump (every page of the process, each time). A 1 Gbit/s link carries 125 MB/s: the share of it the workload uses, and what it would sustain: for ours, the dirty rate (raw MB/s of written pages) at the compression measured; for CRIU, checkpoints per second of this size. Standby disk writes: what the standby process wrote to its disk per second of the phase (\`write_bytes\` less \`cancelled_write_bytes\` of /proc/PID/io). The store keeps every page it receives decoded, 4 KiB each, and compacts: many times the link's bytes. Size the standby's disk for it.`,
     '',
-    table(['workload', 'configuration', 'bytes per epoch / checkpoint', 'MB/s on the link (min–max)', 'compression', 'epochs or dumps per s', 'share of 1 Gbit/s', '1 Gbit/s sustains'],
+    table(['workload', 'configuration', 'bytes per epoch / checkpoint', 'MB/s on the link (min–max)', 'compression', 'epochs or dumps per s', 'share of 1 Gbit/s', '1 Gbit/s sustains', 'standby disk writes MB/s'],
       linkRows.map((x) => [x.phase, x.config, mb(x.bytesPerEpoch), `${fmt((x.bytesPerSecond ?? 0) / 1e6, 2)} (${fmt((x.bytesPerSecondMin ?? 0) / 1e6, 2)}–${fmt((x.bytesPerSecondMax ?? 0) / 1e6, 2)})`,
         x.kind === 'ours' ? `${fmt(x.compression, 1)}×` : '1× (full images)', fmt(x.epochsPerSecond, 1), `${fmt((100 * (x.bytesPerSecond ?? 0)) / LINK_BYTES_PER_S, 1)} %`,
-        x.kind === 'ours' ? `${fmt((LINK_BYTES_PER_S * (x.compression ?? 0)) / 1e6, 0)} MB/s of dirty pages` : `${fmt(LINK_BYTES_PER_S / (x.bytesPerEpoch ?? Number.NaN), 1)} dumps/s (one every ${fmt((1000 * (x.bytesPerEpoch ?? 0)) / LINK_BYTES_PER_S, 0)} ms)`])),
+        x.kind === 'ours' ? `${fmt((LINK_BYTES_PER_S * (x.compression ?? 0)) / 1e6, 0)} MB/s of dirty pages` : `${fmt(LINK_BYTES_PER_S / (x.bytesPerEpoch ?? Number.NaN), 1)} dumps/s (one every ${fmt((1000 * (x.bytesPerEpoch ?? 0)) / LINK_BYTES_PER_S, 0)} ms)`,
+        x.kind === 'ours' && x.standbyDiskBytesPerSecond !== undefined && Number.isFinite(x.standbyDiskBytesPerSecond) ? fmt(x.standbyDiskBytesPerSecond / 1e6, 1) : '–'])),
     '',
     plot('link', barsWithRange({
       title: 'Bytes on the link per second: ours against shipping CRIU dumps', subtitle: 'median over rounds, bar = min–max; log scale; red line = 1 Gbit/s',
