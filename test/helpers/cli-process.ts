@@ -15,12 +15,13 @@ export class CliProcess {
   #waiters: Array<{ event: string; resolve: (e: Record<string, unknown>) => void }> = [];
   stderr = '';
 
-  constructor(args: string[]) {
+  /** `script`: another Node.js script printing JSON event lines, run with `args` as they are. */
+  constructor(args: string[], options: { script?: string } = {}) {
     // Our flags go before a `--` (after it come a command's own arguments).
     const dd = args.indexOf('--');
     const ours = ['--json', ...(args.includes('--log-level') ? [] : ['--log-level', process.env.REMUS_CLI_LOG ?? 'warn'])];
-    const full = dd < 0 ? [...args, ...ours] : [...args.slice(0, dd), ...ours, ...args.slice(dd)];
-    this.child = spawn(process.execPath, [CLI, ...full], { stdio: ['ignore', 'pipe', 'pipe'] });
+    const full = options.script ? [options.script, ...args] : dd < 0 ? [CLI, ...args, ...ours] : [CLI, ...args.slice(0, dd), ...ours, ...args.slice(dd)];
+    this.child = spawn(process.execPath, full, { stdio: ['ignore', 'pipe', 'pipe'] });
     createInterface({ input: this.child.stdout! }).on('line', (line) => {
       let e: Record<string, unknown>;
       try { e = JSON.parse(line) as Record<string, unknown>; } catch { return; }
