@@ -569,7 +569,9 @@ export class Primary extends EventEmitter {
     this.#inFlight.push({ epoch, lastCapture: batch.epoch, capturedAt: batch.capturedAt, rawBytes: batch.pageCount * PAGE_SIZE, wireBytes: wire, pages });
     const state: EpochState = { ...batch.state, base: this.#base?.id ?? '' };
     const prev = this.#prevState;
-    const delta = prev && prev.link === link && prev.epoch === this.#lastSent ? stateDelta(prev.state, state) : { state };
+    // #prevState is what the standby will have committed when this batch applies (it is
+    // reset before a full batch, and a new connection starts from nothing).
+    const delta = prev && prev.link === link ? stateDelta(prev.state, state) : { state };
     await link.send({ ...endMsg(epoch, pages, batch.capturedAt, delta.state), ...(delta.same ? { same: delta.same } : {}) });
     this.#lastSent = epoch;
     this.#prevState = { link, epoch, state };
