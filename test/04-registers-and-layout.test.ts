@@ -135,6 +135,9 @@ it('an unchanged layout comes back as the same arrays; a new mapping or descript
       expect(b.vmas).toBe(a.vmas);
       expect(b.fds).toBe(a.fds);
       expect(a.vmas.length).toBe(mapsNow());
+      // Shared between epochs, so read-only: sorting it in place must not change later epochs.
+      expect(Object.isFrozen(a.vmas) && Object.isFrozen(a.vmas[0]) && Object.isFrozen(a.fds)).toBe(true);
+      expect(() => (a.vmas as unknown[]).sort()).toThrow(TypeError);
       // An epoch without layout or descriptors neither matches nor replaces what was kept.
       const none = await tracker.epoch({ layout: false, files: false });
       expect([none.vmas.length, none.vmasSame, none.fds.length, none.fdsSame]).toEqual([0, false, 0, false]);

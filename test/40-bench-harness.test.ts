@@ -119,10 +119,11 @@ describe('docs/benchmarks.md generation', () => {
     const md = readFileSync(doc, 'utf8');
     expect(md).toContain('## At a glance');
     expect(md).toContain('| ours, epoch 100 ms | 13500 (9000–18000) | 0.900 (0.900–0.900) |');
-    expect(md).toContain('the primary\'s capture alone (tracking only: freeze, find, read, thaw) costs 5 % (at 25 ms: 5 % of the 15 % budget). Capture, encoding and sending together, with the standby\'s work off this host (the discarding stand-in): 7 %, the agent using 0.08 cores. The rest is CPU.');
+    expect(md).toContain('the primary\'s capture alone (tracking only: freeze, find, read, thaw) costs 5 % (at 25 ms: 5 % of the 15 % budget). Capture, encoding and sending together, with the standby\'s decoding and storing off this host (the discarding stand-in; its receiving stays): 7 %, the agent using 0.08 cores. The rest is CPU.');
     expect(md).toContain('ours, epoch 100 ms, standby discards: 7 % lost (not met)');
     expect(md).toMatch(/\| tracking only, epoch 100 ms \| 14250 \(9500–19000\) \| 0\.950 \(0\.950–0\.950\) \|[^\n]*\| 0\.05 \/ – \|/);
     expect(md).toMatch(/\| redis SET \| ours, epoch 100 ms \|[^\n]* MB\/s of dirty pages \| 75\.0 \|/); // standby disk writes: median of 50 and 100 MB/s
+    expect(md).toMatch(/\| redis SET \| ours, epoch 100 ms, standby discards \|[^\n]* MB\/s of dirty pages \| – \|/); // no disk: no figure
     expect(md).toContain('Produced by `npm run bench` (quick mode');
     expect(md).toContain('No results yet: run `npm run bench -- --only codec`.');
     expect(md).toMatch(/!\[[^\]]+\]\(plots\/target-overhead-throughput\.svg\)/);

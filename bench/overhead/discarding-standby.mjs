@@ -12,7 +12,7 @@
 //
 // Prints one JSON line {"event":"listening",...} on stdout once it listens.
 import { randomUUID } from 'node:crypto';
-import { PROTOCOL_VERSION } from '../../dist/protocol/messages.js';
+import { keepAliveMs, PROTOCOL_VERSION } from '../../dist/protocol/messages.js';
 import { listen } from '../../dist/transport/server.js';
 import { readSecretFile } from '../../dist/transport/security.js';
 
@@ -25,14 +25,19 @@ if (!host || !port || !secretFile) {
 }
 
 let session = '';
+let data; // the current data connection
 const server = await listen({ host, port: Number(port), security: { kind: 'psk', key: readSecretFile(secretFile) }, heartbeatMs: 50 }, (link) => {
   link.on('message', (m) => {
     if (m.t === 'hello') {
       if (m.channel === 'beats') {
+        // As the real standby does: heartbeats on the channel at the rate asked, a keep-alive
+        // on the data connection.
         link.setHeartbeatMs(m.beatsMs ?? 50);
+        data?.setHeartbeatMs(keepAliveMs(50));
         void link.send({ t: 'welcome', proto: PROTOCOL_VERSION, lineage: null, generation: 0, committedEpoch: 0, session: m.session }).catch(() => undefined);
       } else {
         session = randomUUID();
+        data = link;
         void link.send({ t: 'welcome', proto: PROTOCOL_VERSION, lineage: null, generation: 0, committedEpoch: 0, session }).catch(() => undefined);
       }
     } else if (m.t === 'end') {

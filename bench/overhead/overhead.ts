@@ -497,7 +497,7 @@ export function renderOverhead(r: ScenarioResult<OverheadData>, plot: (name: str
     const at25 = track25 ? ` (at 25 ms: ${fmt(100 * (1 - track25.tputRatio), 0)} % of the 15 % budget)` : '';
     const discard = setRow('ours, epoch 100 ms, standby discards');
     const discard25 = setRow('ours, epoch 25 ms, standby discards');
-    const primaryOnly = discard ? ` Capture, encoding and sending together, with the standby's work off this host (the discarding stand-in): ${fmt(100 * (1 - discard.tputRatio), 0)} %${discard25 ? ` (at 25 ms: ${fmt(100 * (1 - discard25.tputRatio), 0)} %)` : ''}, the agent using ${fmt(discard.agentCores, 2)} cores.` : '';
+    const primaryOnly = discard ? ` Capture, encoding and sending together, with the standby's decoding and storing off this host (the discarding stand-in; its receiving stays): ${fmt(100 * (1 - discard.tputRatio), 0)} %${discard25 ? ` (at 25 ms: ${fmt(100 * (1 - discard25.tputRatio), 0)} %)` : ''}, the agent using ${fmt(discard.agentCores, 2)} cores.` : '';
     lines.push(`Where the loss comes from (redis SET, 100 ms): the primary's capture alone (tracking only: freeze, find, read, thaw) costs ${fmt(100 * (1 - track.tputRatio), 0)} %${at25}.${primaryOnly} The rest is CPU. The agent (${fmt(ours100.agentCores, 2)} cores) and the standby (${fmt(ours100.standbyCores, 2)} cores) share this host's 2 cores with redis and redis-benchmark, which use them all; a standby on its own host takes none of it (the idle-priority row approximates that). Each session starts a fresh agent and standby and a phase lasts a few seconds, so their start-up (V8 still compiling our code: about a tenth of the standby's CPU in its first 20 s) is part of these figures.`, '');
   }
   lines.push(
@@ -522,7 +522,7 @@ export function renderOverhead(r: ScenarioResult<OverheadData>, plot: (name: str
       linkRows.map((x) => [x.phase, x.config, mb(x.bytesPerEpoch), `${fmt((x.bytesPerSecond ?? 0) / 1e6, 2)} (${fmt((x.bytesPerSecondMin ?? 0) / 1e6, 2)}–${fmt((x.bytesPerSecondMax ?? 0) / 1e6, 2)})`,
         x.kind === 'ours' ? `${fmt(x.compression, 1)}×` : '1× (full images)', fmt(x.epochsPerSecond, 1), `${fmt((100 * (x.bytesPerSecond ?? 0)) / LINK_BYTES_PER_S, 1)} %`,
         x.kind === 'ours' ? `${fmt((LINK_BYTES_PER_S * (x.compression ?? 0)) / 1e6, 0)} MB/s of dirty pages` : `${fmt(LINK_BYTES_PER_S / (x.bytesPerEpoch ?? Number.NaN), 1)} dumps/s (one every ${fmt((1000 * (x.bytesPerEpoch ?? 0)) / LINK_BYTES_PER_S, 0)} ms)`,
-        x.kind === 'ours' && x.standbyDiskBytesPerSecond !== undefined && Number.isFinite(x.standbyDiskBytesPerSecond) ? fmt(x.standbyDiskBytesPerSecond / 1e6, 1) : '–'])),
+        x.kind === 'ours' && !x.config.endsWith(', standby discards') && x.standbyDiskBytesPerSecond !== undefined && Number.isFinite(x.standbyDiskBytesPerSecond) ? fmt(x.standbyDiskBytesPerSecond / 1e6, 1) : '–'])),
     '',
     plot('link', barsWithRange({
       title: 'Bytes on the link per second: ours against shipping CRIU dumps', subtitle: 'median over rounds, bar = min–max; log scale; red line = 1 Gbit/s',

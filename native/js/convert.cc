@@ -124,10 +124,6 @@ Napi::Value EpochToJs(Napi::Env env, EpochData& d, const std::shared_ptr<BufferP
   // neither matches nor replaces the memo.
   const bool vmas_same = !d.vmas.empty() && memo.has_vmas && SameList(memo.vmas, d.vmas, SameVma);
   o.Set("vmasSame", Napi::Boolean::New(env, vmas_same));
-  if (!vmas_same && !d.vmas.empty()) {
-    memo.vmas = d.vmas;
-    memo.has_vmas = true;
-  }
   Napi::Array vmas = Napi::Array::New(env, vmas_same ? 0 : d.vmas.size());
   for (size_t i = 0; !vmas_same && i < d.vmas.size(); ++i) {
     const auto& v = d.vmas[i];
@@ -145,10 +141,6 @@ Napi::Value EpochToJs(Napi::Env env, EpochData& d, const std::shared_ptr<BufferP
   o.Set("brk", Big(env, d.brk));
   const bool fds_same = !d.fds.empty() && memo.has_fds && SameList(memo.fds, d.fds, SameFd);
   o.Set("fdsSame", Napi::Boolean::New(env, fds_same));
-  if (!fds_same && !d.fds.empty()) {
-    memo.fds = d.fds;
-    memo.has_fds = true;
-  }
   Napi::Array fds = Napi::Array::New(env, fds_same ? 0 : d.fds.size());
   for (size_t i = 0; !fds_same && i < d.fds.size(); ++i) {
     const auto& f = d.fds[i];
@@ -195,6 +187,16 @@ Napi::Value EpochToJs(Napi::Env env, EpochData& d, const std::shared_ptr<BufferP
     UncountExternal(env, d.page_bytes);
   } else {
     o.Set("pages", Napi::Buffer<uint8_t>::New(env, 0));
+  }
+  // Only now, with nothing left that can throw: a conversion that failed half-way must not
+  // leave the memo holding lists JS never received (the next epoch would be "same" as them).
+  if (!vmas_same && !d.vmas.empty()) {
+    memo.vmas = std::move(d.vmas);
+    memo.has_vmas = true;
+  }
+  if (!fds_same && !d.fds.empty()) {
+    memo.fds = std::move(d.fds);
+    memo.has_fds = true;
   }
   return o;
 }

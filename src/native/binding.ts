@@ -64,12 +64,16 @@ export interface NativeEpoch {
   clocks: { monotonicNs: bigint; boottimeNs: bigint; realtimeNs: bigint };
   threads: NativeThreadState[];
   vmas: NativeVma[];
-  /** The mappings are those of the previous epoch (`vmas` is then empty): see LayoutMemo in native/js/convert.h. */
+  /**
+   * The mappings equal those of the last epoch that captured them (native/js/convert.h,
+   * LayoutMemo): the native side then sends `vmas` empty, and Tracker.epoch() puts back the
+   * array it handed out then, the same object.
+   */
   vmasSame: boolean;
   brk: bigint;
   /** Open descriptors and child PIDs (empty with `files: false`). */
   fds: NativeOpenFd[];
-  /** Likewise for `fds`. */
+  /** Likewise for `fds` (epochs with `files: false` do not count). */
   fdsSame: boolean;
   children: number[];
   /** Pairs: start address, number of pages. Sorted, merged. */

@@ -97,11 +97,13 @@ export class Tracker {
       full: options.full ?? false,
       files: options.files ?? true,
     }));
-    // The same array object as last time: consumers may compare by identity.
+    // An unchanged list is the same array object as last time (consumers may compare by
+    // identity), so every list is frozen: a consumer that sorted one in place would change
+    // what later epochs report.
     if (raw.vmasSame) raw.vmas = this.#vmas;
-    else if (raw.vmas.length) this.#vmas = raw.vmas;
+    else if (raw.vmas.length) this.#vmas = raw.vmas = frozen(raw.vmas);
     if (raw.fdsSame) raw.fds = this.#fds;
-    else if (raw.fds.length) this.#fds = raw.fds;
+    else if (raw.fds.length) this.#fds = raw.fds = frozen(raw.fds);
     return decorate(raw);
   }
 
@@ -136,6 +138,12 @@ export class Tracker {
     this.#native = undefined;
     if (handle) await handle.close();
   }
+}
+
+/** `list` and its elements made read-only (typed as before: the readonly-ness is at run time). */
+function frozen<T extends object>(list: T[]): T[] {
+  for (const x of list) Object.freeze(x);
+  return Object.freeze(list) as T[];
 }
 
 function decorate(raw: NativeEpoch): Epoch {
