@@ -2,7 +2,7 @@
 // and its layout, let it run, and queue the capture. Only the capture is inside the
 // pause; encoding and sending happen after the target runs again (in the sender).
 import { EventEmitter } from 'node:events';
-import type { EpochState, FdWire, VmaWire } from '../protocol/messages.js';
+import type { EpochState, FdWire } from '../protocol/messages.js';
 import type { Epoch, Tracker } from '../tracker/tracker.js';
 import type { CapturedEpoch, EpochQueue } from './epoch-queue.js';
 
@@ -13,25 +13,25 @@ export interface CaptureInfo {
   capturedAt: number;
 }
 
-// The Tracker hands out the same array while the mappings (descriptors) stay the same, so
-// the wire form of one is made once, and the state delta finds it unchanged by identity.
-const vmaWires = new WeakMap<Epoch['vmas'], VmaWire[]>();
+// The Tracker hands out the same (frozen) array while the mappings or descriptors stay the
+// same, and the state delta finds an unchanged list by identity. Mappings go on the wire as
+// the Tracker has them (the same fields); descriptors lose their inode, once per list.
 const fdWires = new WeakMap<Epoch['fds'], FdWire[]>();
 
-function once<K extends object, V>(cache: WeakMap<K, V>, key: K, make: (k: K) => V): V {
-  let v = cache.get(key);
-  if (!v) { v = make(key); cache.set(key, v); }
-  return v;
+function fdsOnWire(fds: Epoch['fds']): FdWire[] {
+  let w = fdWires.get(fds);
+  if (!w) { w = fds.map((f) => ({ fd: f.fd, target: f.target, pos: f.pos, flags: f.flags, size: f.size, kind: f.kind })); fdWires.set(fds, w); }
+  return w;
 }
 
 export function toCaptured(e: Epoch, pid: number, base = ''): CapturedEpoch {
   const state: EpochState = {
     pid,
     threads: e.threads.map((t) => ({ tid: t.tid, gpregs: t.gpregs, xsave: t.xsave, sigmask: t.sigmask, restart: t.restart, rseq: { addr: t.rseqAddr, size: t.rseqSize } })),
-    vmas: once(vmaWires, e.vmas, (l) => l.map((v) => ({ start: v.start, end: v.end, perms: v.perms, offset: v.offset, dev: v.dev, inode: v.inode, path: v.path }))),
+    vmas: e.vmas,
     brk: e.brk,
     clocks: e.clocks,
-    fds: once(fdWires, e.fds, (l) => l.map((f) => ({ fd: f.fd, target: f.target, pos: f.pos, flags: f.flags, size: f.size, kind: f.kind }))),
+    fds: fdsOnWire(e.fds),
     children: e.children,
     base,
   };

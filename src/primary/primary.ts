@@ -164,7 +164,7 @@ export class Primary extends EventEmitter {
   #committedCapture = 0;
   #lastSent = 0;
   /** The whole state of the last batch sent on `link`, what the next batch's state is a delta from. */
-  #prevState: { link: Link; epoch: number; state: EpochState } | undefined;
+  #prevState: { link: Link; state: EpochState } | undefined;
   #batchSeq = 0;
   #base: BaseImage | undefined;
   #criu: string | undefined;
@@ -574,7 +574,7 @@ export class Primary extends EventEmitter {
     const delta = prev && prev.link === link ? stateDelta(prev.state, state) : { state };
     await link.send({ ...endMsg(epoch, pages, batch.capturedAt, delta.state), ...(delta.same ? { same: delta.same } : {}) });
     this.#lastSent = epoch;
-    this.#prevState = { link, epoch, state };
+    this.#prevState = { link, state };
     // The standby drops pages outside the committed layout: so must the delta cache.
     this.#encoder.retain?.(batch.state.vmas);
     return { pages };

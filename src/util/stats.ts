@@ -1,9 +1,12 @@
 /** Nearest-rank percentile of unsorted values (p in 0..100). NaN for no values. */
 export function percentile(values: readonly number[], p: number): number {
   if (values.length === 0) return Number.NaN;
-  const sorted = [...values].sort((a, b) => a - b);
-  const rank = Math.min(sorted.length - 1, Math.max(0, Math.ceil((p / 100) * sorted.length) - 1));
-  return sorted[rank]!;
+  return [...values].sort((a, b) => a - b)[nearestRank(values.length, p)]!;
+}
+
+/** Index of the nearest-rank p-th percentile among n sorted values (n > 0). */
+function nearestRank(n: number, p: number): number {
+  return Math.min(n - 1, Math.max(0, Math.ceil((p / 100) * n) - 1));
 }
 
 export interface Summary { mean: number; p50: number; p99: number; max: number; min: number }
@@ -41,9 +44,7 @@ export class Percentiles {
   }
 
   p(p: number): number {
-    if (this.#count === 0) return 0;
-    const sorted = this.#sortedValues();
-    return sorted[Math.min(this.#count - 1, Math.max(0, Math.ceil((p / 100) * this.#count) - 1))]!;
+    return this.#count ? this.#sortedValues()[nearestRank(this.#count, p)]! : 0;
   }
 
   max(): number { return this.#count ? this.#sortedValues()[this.#count - 1]! : 0; }
