@@ -141,9 +141,12 @@ describe('page buffers and the garbage collector', () => {
         const held = native().externalMemory();
         e.release();
         const after = native().externalMemory();
-        // The epoch's small buffers (ranges, registers) may count; 8 MiB may not.
-        expect(Math.abs(held - before)).toBeLessThan(1 << 20);
-        expect(Math.abs(after - before)).toBeLessThan(1 << 20);
+        // The 8 MiB must not count, nor be subtracted on release. The count is the whole
+        // process's: the epoch's small buffers (ranges, registers) add to it, and a collection
+        // in between may free unrelated buffers of earlier tests (1.3 MiB once, in a full
+        // run). Half the page buffer tells the two apart.
+        expect(Math.abs(held - before)).toBeLessThan(4 << 20);
+        expect(Math.abs(after - before)).toBeLessThan(4 << 20);
       }
     } finally {
       await tracker.close();
