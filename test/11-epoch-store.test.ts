@@ -1,9 +1,9 @@
 // The standby's durable epoch store, on real files: contents, atomicity, crashes (a child
 // process killed with SIGKILL at random moments and at every named step), disk full on a
-// real tmpfs, locking, compaction.
+// real tmpfs, locking, the journal and its checkpoints, compaction.
 import { spawnSync } from 'node:child_process';
 import { existsSync } from 'node:fs';
-import { mkdtemp, readdir, readFile, rm, writeFile } from 'node:fs/promises';
+import { appendFile, mkdtemp, readdir, readFile, rm, stat, truncate, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterEach, describe, expect, it } from 'vitest';
@@ -11,6 +11,7 @@ import { EpochStore, StoreError, readCommittedInfo, type StoreFailpoint } from '
 import { PageIndex } from '../src/standby/store/page-index.js';
 import { RecentPages } from '../src/standby/store/recent-pages.js';
 import { native } from '../src/native/binding.js';
+import { DeltaPageDecoder, DeltaPageEncoder } from '../src/codec/delta-codec.js';
 import {
   LINEAGE, WORK_PAGES, addrOf, addrsOf, collect, commitWork, epochOfPage, expectedAt, lastReported, makeState,
   pageOf, pagesOf, spawnStoreChild, vma, workload,
@@ -67,11 +68,14 @@ function thrown(f: () => unknown): StoreError {
   throw new Error('expected an exception');
 }
 
-/** The files of a store directory besides LOCK, MANIFEST and the manifest's segments. */
+/** The files of a store directory besides LOCK, MANIFEST and the manifest's segments and journal. */
 async function leftovers(dir: string): Promise<string[]> {
-  const m = JSON.parse((await readFile(join(dir, 'MANIFEST'), 'utf8')).split('\n')[0]!) as { segments: string[] };
-  return (await readdir(dir)).filter((n) => n !== 'LOCK' && n !== 'MANIFEST' && !m.segments.includes(n));
+  const m = JSON.parse((await readFile(join(dir, 'MANIFEST'), 'utf8')).split('\n')[0]!) as { segments: string[]; journal?: string };
+  return (await readdir(dir)).filter((n) => n !== 'LOCK' && n !== 'MANIFEST' && !m.segments.includes(n) && n !== m.journal);
 }
+
+/** Every delta commit checkpoints: one segment per epoch, the layout the compaction rule is about. */
+const SEGMENT_PER_EPOCH = { checkpointBytes: 0 };
 
 /** Checks a reopened store against the workload model, and that readPage agrees. */
 /** pageRuns() (cached while only page contents change) against runs computed from the model. */
@@ -523,7 +527,7 @@ describe('epoch store: errors', () => {
     let e = await rejection(b2.commit(makeState(2, [vma(0, 1024)]), {}));
     expect(e).toBeInstanceOf(StoreError);
     expect(e.code).toBe('DISK_FULL');
-    expect(e.message).toMatch(/disk full \(no space left on device\) while writing the segment of epoch 2: .*seg-[0-9a-f]+\.rrs.*committed epoch 1 is intact/);
+    expect(e.message).toMatch(/disk full \(no space left on device\) while appending to the journal: .*jrn-[0-9a-f]+\.rrj.*committed epoch 1 is intact/);
     expect(e.message).toContain(sdir);
     expect(await leftovers(sdir)).toEqual([]);
     expect(store.committed!.epoch).toBe(1);
@@ -558,8 +562,9 @@ describe('epoch store: errors', () => {
     expect(await collect(again)).toEqual(m2);
   });
 
-  it('an I/O error injected at each step before the switch leaves the previous epoch and no files', async () => {
-    for (const point of ['commit:write', 'commit:synced', 'commit:manifest-tmp'] as const) {
+  it('an I/O error injected at each step before the commit point leaves the previous epoch and no files', async () => {
+    // Epoch 2 is a delta (journal), epoch 11 a full batch (segment and manifest switch).
+    for (const [point, epoch] of [['journal:write', 2], ['commit:write', 11], ['commit:synced', 11], ['commit:manifest-tmp', 11]] as const) {
       const dir = await tempDir();
       let armed = false;
       const store = await openStore(dir, {
@@ -567,47 +572,60 @@ describe('epoch store: errors', () => {
           if (armed && p === point) throw Object.assign(new Error('injected EIO'), { code: 'EIO' });
         },
       });
-      await commitWork(store, 1);
+      for (let e = 1; e < epoch; e++) await commitWork(store, e);
+      const journal = store.stats().journalBytes;
       armed = true;
-      const e = await rejection(commitWork(store, 2));
+      const e = await rejection(commitWork(store, epoch));
       expect(e.code, point).toBe('IO');
       expect(e.message).toMatch(/injected EIO/);
-      expect(e.message).toMatch(/committed epoch 1 is intact/);
-      expect(store.committed!.epoch).toBe(1);
+      expect(e.message).toMatch(new RegExp(`committed epoch ${epoch - 1} is intact`));
+      expect(store.committed!.epoch).toBe(epoch - 1);
+      expect(store.stats().journalBytes).toBe(journal);
       expect(await leftovers(dir)).toEqual([]);
-      expect(await collect(store)).toEqual(expectedAt(1));
+      expect(await collect(store)).toEqual(expectedAt(epoch - 1));
       armed = false;
-      await commitWork(store, 2);
-      expect(await collect(store)).toEqual(expectedAt(2));
+      await commitWork(store, epoch);
+      expect(await collect(store)).toEqual(expectedAt(epoch));
       await closeStore(store);
+      const again = await openStore(dir);
+      await expectModel(again, expectedAt(epoch));
+      await closeStore(again);
     }
   });
 });
 
-/** Reopens `dir` after a crash and checks it against the workload model (epoch from the store). */
-async function checkAfterCrash(dir: string, model: (epoch: number) => Map<number, number>): Promise<number> {
+/**
+ * Reopens `dir` after a crash and checks it against the workload model (epoch from the
+ * store); `torn`: the journal ended in a record cut short, which opening cut off.
+ */
+async function checkAfterCrash(dir: string, model: (epoch: number) => Map<number, number>): Promise<{ epoch: number; torn: boolean }> {
   const store = await openStore(dir, { autoCompact: false });
   const c = store.committed!;
   expect(c).not.toBeNull();
   expect(await leftovers(dir)).toEqual([]);
   await expectModel(store, model(c.epoch));
   expect(c.state.clocks.monotonicNs).toBe(BigInt(c.epoch) * 1_000_000_007n);
+  const torn = store.recovered.tornBytes > 0;
   await closeStore(store);
-  return c.epoch;
+  return { epoch: c.epoch, torn };
 }
 
 describe('epoch store: crashes', () => {
   it('SIGKILL at every step of a commit, a compaction and setGeneration', { timeout: 180_000 }, async () => {
-    type Case = { point: StoreFailpoint; what: 'delta' | 'full' | 'compact' | 'generation'; nth?: number; switched: boolean };
+    type Case = { point: StoreFailpoint; what: 'delta' | 'full' | 'compact' | 'checkpoint' | 'generation'; nth?: number; switched: boolean };
     const cases: Case[] = [
-      { point: 'commit:write', what: 'delta', switched: false },
+      { point: 'journal:write', what: 'delta', switched: false },
+      { point: 'journal:synced', what: 'delta', switched: true },
       { point: 'commit:write', what: 'full', nth: 1, switched: false },
-      { point: 'commit:synced', what: 'delta', switched: false },
-      { point: 'commit:manifest-tmp', what: 'delta', switched: false },
-      { point: 'commit:renamed', what: 'delta', switched: true },
-      { point: 'commit:done', what: 'delta', switched: true },
+      { point: 'commit:synced', what: 'full', switched: false },
       { point: 'commit:manifest-tmp', what: 'full', switched: false },
+      { point: 'commit:renamed', what: 'full', switched: true },
       { point: 'commit:done', what: 'full', switched: true },
+      { point: 'checkpoint:write', what: 'checkpoint', switched: false },
+      { point: 'checkpoint:synced', what: 'checkpoint', switched: false },
+      { point: 'checkpoint:manifest-tmp', what: 'checkpoint', switched: false },
+      { point: 'checkpoint:renamed', what: 'checkpoint', switched: true },
+      { point: 'checkpoint:done', what: 'checkpoint', switched: true },
       { point: 'compact:write', what: 'compact', switched: false },
       { point: 'compact:synced', what: 'compact', switched: false },
       { point: 'compact:manifest-tmp', what: 'compact', switched: false },
@@ -640,6 +658,9 @@ describe('epoch store: crashes', () => {
       expect(committed.epoch, `${c.point}/${c.what}`).toBe(wantEpoch);
       await expectModel(store, model(committed.epoch));
       if (c.what === 'compact') expect(store.stats().segments, c.point).toBe(c.switched ? 1 : segsBefore);
+      if (c.what === 'checkpoint') expect(store.stats().segments, c.point).toBe(c.switched ? segsBefore + 1 : segsBefore);
+      // A checkpoint or compaction that switched leaves no page of the journal in memory.
+      if (c.what === 'compact' || c.what === 'checkpoint') expect(store.stats().memoryPages > 0, c.point).toBe(!c.switched);
       if (c.what === 'generation') expect(committed.generation, c.point).toBe(c.switched ? 7 : 1);
       await closeStore(store);
     }
@@ -649,7 +670,7 @@ describe('epoch store: crashes', () => {
     const dir = await tempDir();
     let reported = 0;
     let last = 0;
-    let interrupted = 0; // kills that left a batch's or a compaction's file behind
+    let interrupted = 0; // kills that left a file behind (a full batch, a checkpoint, a compaction) or a torn record
     for (let i = 0; i < 12; i++) {
       const child = spawnStoreChild(['commit-loop', dir]);
       await child.ready;
@@ -658,8 +679,9 @@ describe('epoch store: crashes', () => {
       child.proc.kill('SIGKILL');
       await child.exited;
       reported = Math.max(reported, lastReported(child.lines));
-      if ((await leftovers(dir)).length > 0) interrupted++;
-      const epoch = await checkAfterCrash(dir, expectedAt);
+      const left = (await leftovers(dir)).length > 0;
+      const { epoch, torn } = await checkAfterCrash(dir, expectedAt);
+      if (left || torn) interrupted++;
       // Every commit the child saw resolve survived; at most one more was switched.
       expect(epoch).toBeGreaterThanOrEqual(reported);
       expect(epoch).toBeLessThanOrEqual(Math.max(reported, last) + 1);
@@ -685,10 +707,143 @@ describe('epoch store: crashes', () => {
   });
 });
 
+describe('epoch store: journal', () => {
+  /** The journal the manifest names, and where its records start. */
+  async function journalOf(dir: string): Promise<{ path: string; from: number }> {
+    const m = JSON.parse((await readFile(join(dir, 'MANIFEST'), 'utf8')).split('\n')[0]!) as { journal: string; journalFrom: number };
+    return { path: join(dir, m.journal), from: m.journalFrom };
+  }
+
+  it('deltas go to the journal as the frames that came off the wire; reopening decodes them; status reads the last record', async () => {
+    const dir = await tempDir();
+    const store = await openStore(dir, { autoCompact: false });
+    const encoder = new DeltaPageEncoder();
+    const decoder = new DeltaPageDecoder();
+    const idxs = range(0, 256);
+    // Pages that change a little each epoch: the deltas are small, as under a real load.
+    const pageAt = (e: number, i: number): Buffer => { const p = pageOf(1, i); p.writeUInt32LE(e, (i * 8) % 4096); return p; };
+    const send = async (e: number, full: boolean, which: number[]): Promise<void> => {
+      const b = store.begin({ lineage: LINEAGE, generation: 1, epoch: e, base: full ? 0 : e - 1, full });
+      const frame = await encoder.encode(addrsOf(which), Buffer.concat(which.map((i) => pageAt(e, i))));
+      const d = await decoder.decode(frame, { into: (a, out, at) => { store.readPagesInto(a, out, at); } });
+      await b.addFrame(frame, d);
+      decoder.release(d);
+      await b.commit(makeState(e, [vma(0, 256)]), { committedAt: 5000 + e });
+    };
+    await send(1, true, idxs);
+    const segBytes = (await stat(join(dir, (await readdir(dir)).find((n) => n.startsWith('seg-'))!))).size;
+    for (let e = 2; e <= 20; e++) await send(e, false, idxs.filter((i) => i % 2 === e % 2));
+    const want = new Map(idxs.map((i) => [i, i % 2 === 0 ? 20 : 19] as [number, number]));
+    const check = async (s: EpochStore): Promise<void> => {
+      for (const i of [0, 1, 2, 3, 254, 255]) expect(await s.readPage(addrOf(i))).toEqual(pageAt(want.get(i)!, i));
+      expect(s.committed!.epoch).toBe(20);
+    };
+    await check(store);
+    // 19 epochs of 128 pages each (9.5 MiB decoded) took a fraction of the full batch's segment.
+    const journal = store.stats().journalBytes;
+    expect(journal).toBeGreaterThan(0);
+    expect(journal).toBeLessThan(segBytes / 4);
+    expect(store.stats()).toMatchObject({ segments: 1, memoryPages: 256 });
+    expect(await readCommittedInfo(dir)).toEqual({ lineage: LINEAGE, generation: 1, epoch: 20, committedAt: 5020, pages: 256 });
+    await closeStore(store);
+    const again = await openStore(dir);
+    expect(again.recovered).toEqual({ records: 19, tornBytes: 0 });
+    await check(again);
+    expect((await again.readPage(addrOf(7)))!.equals(pageAt(19, 7))).toBe(true);
+    encoder.close();
+  });
+
+  it('a torn or damaged tail is cut off at open: the epoch before it is committed, and later commits chain on it', async () => {
+    const dir = await tempDir();
+    const s1 = await openStore(dir, { autoCompact: false });
+    for (let e = 1; e <= 6; e++) await commitWork(s1, e);
+    await closeStore(s1);
+    const { path } = await journalOf(dir);
+    const size = (await stat(path)).size;
+
+    // Half a record of garbage after the last one: a write a crash interrupted.
+    await appendFile(path, Buffer.alloc(300, 0xab));
+    const s2 = await openStore(dir, { autoCompact: false });
+    expect(s2.recovered).toEqual({ records: 5, tornBytes: 300 });
+    await expectModel(s2, expectedAt(6));
+    expect((await stat(path)).size).toBe(size);
+    await commitWork(s2, 7);
+    await closeStore(s2);
+
+    // The last record cut short: epoch 6 is what stays.
+    const s3 = await openStore(dir, { autoCompact: false });
+    await expectModel(s3, expectedAt(7));
+    const full = (await stat(path)).size;
+    await closeStore(s3);
+    await truncate(path, full - 10);
+    const s4 = await openStore(dir, { autoCompact: false });
+    expect(s4.committed!.epoch).toBe(6);
+    expect(s4.recovered.tornBytes).toBeGreaterThan(0);
+    await expectModel(s4, expectedAt(6));
+    await commitWork(s4, 7);
+    await closeStore(s4);
+
+    // A flipped byte in the body of the last record: its checksum fails, epoch 6 stays.
+    const buf = await readFile(path);
+    buf[buf.length - 5]! ^= 0xff;
+    await writeFile(path, buf);
+    const s5 = await openStore(dir, { autoCompact: false });
+    expect(s5.committed!.epoch).toBe(6);
+    await expectModel(s5, expectedAt(6));
+    expect(await readCommittedInfo(dir)).toMatchObject({ epoch: 6 });
+    await closeStore(s5);
+  });
+
+  it('checkpoints write the pages held in memory (and those zeroed or unmapped meanwhile) to a segment; commits go on during one', async () => {
+    const dir = await tempDir();
+    const store = await openStore(dir, { autoCompact: false });
+    for (let e = 1; e <= 9; e++) await commitWork(store, e);
+    expect(store.stats().memoryPages).toBeGreaterThan(0);
+    const segments = store.stats().segments;
+    const running = store.checkpoint();
+    await commitWork(store, 10); // a hole (every 7th + 3) after the checkpoint's epoch
+    await running;
+    expect(store.stats().segments).toBe(segments + 1);
+    await expectModel(store, expectedAt(10));
+    // Epoch 10's pages stay in memory and its record in the journal, which was not restarted.
+    expect(store.stats().memoryPages).toBeGreaterThan(0);
+    expect((await journalOf(dir)).from).toBeGreaterThan(0);
+    await closeStore(store);
+    const again = await openStore(dir, { autoCompact: false });
+    expect(again.recovered.records).toBe(1);
+    await expectModel(again, expectedAt(10));
+    // A checkpoint with nothing after it starts a new journal and leaves nothing in memory.
+    await again.checkpoint();
+    expect(again.stats()).toMatchObject({ memoryPages: 0, journalBytes: 0 });
+    expect((await journalOf(dir)).from).toBe(0);
+    expect(await leftovers(dir)).toEqual([]);
+    await closeStore(again);
+    const third = await openStore(dir, { autoCompact: false });
+    expect(third.recovered.records).toBe(0);
+    await expectModel(third, expectedAt(10));
+  });
+
+  it('checkpoints by themselves once the pages in memory pass checkpointBytes; checks its options', async () => {
+    const dir = await tempDir();
+    const store = await openStore(dir, { checkpointBytes: 100 * 4096, fsync: false });
+    let most = 0;
+    for (let e = 1; e <= 30; e++) {
+      await commitWork(store, e);
+      most = Math.max(most, store.stats().memoryPages);
+      await store.idle();
+    }
+    expect(store.lastCompactionError).toBeNull();
+    expect(most).toBeLessThan(100 + WORK_PAGES);
+    expect(store.stats().memoryPages).toBeLessThanOrEqual(100 + WORK_PAGES);
+    await expectModel(store, expectedAt(30));
+    await expect(EpochStore.open(await tempDir(), { checkpointBytes: -1 })).rejects.toThrow(/checkpointBytes must be a non-negative whole number/);
+  });
+});
+
 describe('epoch store: compaction', () => {
   it('many small epochs rewriting the same pages trigger it; contents identical before and after', async () => {
     const dir = await tempDir();
-    const store = await openStore(dir, { fsync: false, deadRatio: 1 });
+    const store = await openStore(dir, { fsync: false, deadRatio: 1, ...SEGMENT_PER_EPOCH });
     const b = store.begin({ lineage: LINEAGE, generation: 1, epoch: 1, base: 0, full: true });
     await b.addPages(addrsOf(range(0, 64)), pagesOf(1, range(0, 64)));
     await b.addZeroPages(addrsOf(range(64, 80)));
@@ -708,8 +863,9 @@ describe('epoch store: compaction', () => {
       expect(await store.readPage(addrOf(idx[0]!))).toEqual(pageOf(e, idx[0]!));
     }
     expect(store.lastCompactionError).toBeNull();
-    // 80 live pages, 16 dead per delta: dead > live after the 6th delta (7 segments).
-    expect(maxSegments).toBe(7);
+    // 80 live pages, 16 dead per delta: dead > live after the 6th delta, whose pages are
+    // still in memory (6 segments): the compaction takes them in.
+    expect(maxSegments).toBe(6);
     expect(minAfter).toBe(1);
     const st = store.stats();
     expect(st.deadPages).toBeLessThanOrEqual(st.livePages + 16);
@@ -731,7 +887,7 @@ describe('epoch store: compaction', () => {
 
   it('the default rule waits for 3 dead pages per live one; deadRatio changes it and is checked', async () => {
     const segmentsBeforeCompaction = async (options: { deadRatio?: number }): Promise<number> => {
-      const store = await openStore(await tempDir(), { fsync: false, ...options });
+      const store = await openStore(await tempDir(), { fsync: false, ...SEGMENT_PER_EPOCH, ...options });
       const b = store.begin({ lineage: LINEAGE, generation: 1, epoch: 1, base: 0, full: true });
       await b.addPages(addrsOf(range(0, 64)), pagesOf(1, range(0, 64)));
       await b.commit(makeState(1, [vma(0, 64)]), {});
@@ -748,16 +904,16 @@ describe('epoch store: compaction', () => {
       await closeStore(store);
       return most;
     };
-    // 64 live pages, 16 dead per delta: dead > 3 x 64 after the 13th delta (14 segments);
-    // dead > 2 x 64 after the 9th.
-    expect(await segmentsBeforeCompaction({})).toBe(14);
-    expect(await segmentsBeforeCompaction({ deadRatio: 2 })).toBe(10);
+    // 64 live pages, 16 dead per delta: dead > 3 x 64 after the 13th delta (13 segments,
+    // its pages still in memory); dead > 2 x 64 after the 9th.
+    expect(await segmentsBeforeCompaction({})).toBe(13);
+    expect(await segmentsBeforeCompaction({ deadRatio: 2 })).toBe(9);
     await expect(EpochStore.open(await tempDir(), { deadRatio: 0 })).rejects.toThrow(/deadRatio must be a positive number, got 0/);
   });
 
   it('held (as a promotion holds it): a running compaction is cancelled, none starts; released, it runs again', async () => {
     const dir = await tempDir();
-    const store = await openStore(dir, { fsync: false, deadRatio: 1 });
+    const store = await openStore(dir, { fsync: false, deadRatio: 1, ...SEGMENT_PER_EPOCH });
     const b = store.begin({ lineage: LINEAGE, generation: 1, epoch: 1, base: 0, full: true });
     await b.addPages(addrsOf(range(0, 64)), pagesOf(1, range(0, 64)));
     await b.commit(makeState(1, [vma(0, 128)]), {});
@@ -768,6 +924,7 @@ describe('epoch store: compaction', () => {
       await d.addPages(addrsOf(idx), pagesOf(e, idx));
       await d.commit(makeState(e, [vma(0, 128)]), {});
       for (const i of idx) model.set(i, e);
+      await store.idle();
     };
     for (let e = 2; e <= 4; e++) await commitEpoch(e);
     const segments = store.stats().segments;
@@ -778,13 +935,18 @@ describe('epoch store: compaction', () => {
     expect(store.stats().segments).toBe(segments); // cancelled before its switch
     for (let e = 5; e <= 12; e++) { await commitEpoch(e); await store.idle(); }
     await store.compact();
-    expect(store.stats().segments).toBe(12); // none ran, not even on request
+    await store.checkpoint();
+    // None ran, not even on request: no checkpoint either (the journal's pages stay in memory).
+    expect(store.stats().segments).toBe(4);
+    expect(store.stats().memoryPages).toBeGreaterThan(0);
     expect(await collect(store)).toEqual(new Map([...model.entries()].sort((x, y) => x[0] - y[0])));
-    expect((await readdir(dir)).filter((n) => n.startsWith('seg-'))).toHaveLength(12);
+    expect((await readdir(dir)).filter((n) => n.startsWith('seg-'))).toHaveLength(4);
     release();
-    await commitEpoch(13);
-    await store.idle();
+    await commitEpoch(13); // 4 segments: the rule wants more than 4, so a checkpoint
+    expect(store.stats().segments).toBe(5);
+    await commitEpoch(14); // and now a compaction
     expect(store.stats().segments).toBe(1);
+    expect(store.stats().memoryPages).toBe(0);
     expect(await collect(store)).toEqual(new Map([...model.entries()].sort((x, y) => x[0] - y[0])));
     await closeStore(store);
   });

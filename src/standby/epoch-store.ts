@@ -1,23 +1,26 @@
 // The standby's durable store: the last committed epoch of one replicated process (every
 // page, the EpochState, and the identity lineage/generation/epoch/committedAt), in a
-// directory, log-structured.
+// directory: segments of decoded pages (a checkpoint) plus a journal of the epochs since.
 //
 // On disk
 // -------
 //
 //   DIR/                                     (created 0700)
 //   ├── LOCK                  "PID STARTTIME\n" of the process that has the store open
-//   ├── MANIFEST              the commit point: one JSON line + one line CRC-32 (hex)
-//   │     {"format":1,"lineage":"…","generation":3,"epoch":912,"committedAt":1718…,
+//   ├── MANIFEST              the checkpoint: one JSON line + one line CRC-32 (hex)
+//   │     {"format":2,"lineage":"…","generation":3,"epoch":912,"committedAt":1718…,
 //   │      "pages":262144,"segments":["seg-000000000012.rrs","seg-000000000013.rrs"],
-//   │      "state":"seg-000000000013.rrs","nextSeq":20}
+//   │      "state":"seg-000000000013.rrs","nextSeq":20,
+//   │      "journal":"jrn-000000000014.rrj","journalFrom":1048576}
 //   ├── seg-000000000012.rrs  live segments, oldest first; a later one overrides an earlier
-//   ├── seg-000000000013.rrs  one (the state is always in the last)
-//   └── (MANIFEST.tmp, seg-*.rrs not in MANIFEST: leftovers of unfinished batches or
-//        compactions, deleted when the store is opened)
+//   ├── seg-000000000013.rrs  one (the checkpoint's state is in the last)
+//   ├── jrn-000000000014.rrj  the epochs committed after `epoch`: its records from byte
+//   │                         `journalFrom` on (format: store/journal.ts)
+//   └── (MANIFEST.tmp, seg-*.rrs and jrn-*.rrj not in MANIFEST: leftovers of unfinished
+//        batches, checkpoints or compactions, deleted when the store is opened)
 //
-//   A segment: one batch (or one compaction), written front to back, fsync'd before the
-//   manifest names it.
+//   A segment: a full batch, a checkpoint or a compaction, written front to back, fsync'd
+//   before the manifest names it.
 //
 //   0        +------------------------------------------------------------+
 //            | header, 4096 B: "RRSEG\0\0\x01", u32 version, u32 4096,     |
@@ -32,85 +35,120 @@
 //            |   generation, epoch, committedAt, dataSlots,                |
 //            |   pageNos: u64[], ascending page numbers (addr / 4096)      |
 //            |   slots:   i32[], the slot of each, -1 = all-zero page      |
-//            |   coverage: u64[] [start, end) page-number pairs of the     |
-//            |             state's VMAs, merged                            |
+//            |   coverage: u64[] [start, end) page-number pairs: pages     |
+//            |             outside are dropped before these go in          |
 //            |   state: bin, the EpochState (msgpack; see format.ts)}      |
 //            +------------------------------------------------------------+
 //            | footer, 64 B: "RRSEGEND", u32 version, u32 crc32(meta),     |
 //   EOF      |   f64 metaOffset, f64 metaLength, f64 dataSlots, …, crc32   |
 //            +------------------------------------------------------------+
 //
-// A batch's page table holds its final version of each page: a later page with the same
+// A segment's page table holds its final version of each page: a later page with the same
 // address in the same batch supersedes the earlier one (whose slot stays, dead).
+//
+// Why a journal
+// -------------
+// A delta batch arrives as encoded frames (XOR deltas, LZ4): about a tenth of the decoded
+// pages' size under a real load. Writing decoded pages each epoch made the standby's disk
+// take the target's dirty rate (80 MB/s under redis SET at 100 ms for 9 MB/s on the link),
+// with a file create, two fsyncs and a rename per epoch. The journal appends the frames as
+// they came and fdatasyncs once; the decoded pages stay in memory (store/page-arena.ts)
+// until a checkpoint writes them once, however many epochs rewrote them meanwhile.
 //
 // Commit protocol (power-cut safe)
 // --------------------------------
+//   Delta batch: its pages go to memory as they arrive (decoded, for reads and as the next
+//   deltas' bases) and its frames are kept; commit() appends one record (the frames and the
+//   state) to the journal and fdatasyncs it: the commit point. A record that failed is cut
+//   off again; one torn by a crash fails its checksum and is cut off at the next open.
+//   Full batch: as a segment of its own:
 //   1. pages are written to the new segment while they arrive (large sequential writes);
 //   2. commit(): meta + footer appended, fsync(segment);
-//   3. MANIFEST.tmp written, fsync, rename(MANIFEST.tmp, MANIFEST), fsync(DIR);
-//   4. only then: commit() resolves; segments the switch made obsolete (a `full` batch,
-//      a compaction) are deleted.
+//   3. MANIFEST.tmp written, fsync, rename(MANIFEST.tmp, MANIFEST), fsync(DIR); the
+//      manifest names a new, empty journal;
+//   4. only then: commit() resolves; the segments and journal it replaced are deleted.
 // A crash before the rename leaves the old MANIFEST, which names only complete, fsync'd
-// segments; after it, the new one. Opening deletes every seg-*.rrs the MANIFEST does not
-// name and MANIFEST.tmp. An error (ENOSPC: DISK_FULL; any other: IO) before the rename
-// removes the batch's file and leaves the committed epoch as it was.
+// segments; after it, the new one. Opening deletes every seg-*.rrs and jrn-*.rrj the
+// MANIFEST does not name and MANIFEST.tmp, then replays the journal's whole records. An
+// error (ENOSPC: DISK_FULL; any other: IO) before the commit point removes what the batch
+// wrote and leaves the committed epoch as it was.
+//
+// Checkpoints
+// -----------
+// Once the journal's pages in memory pass `checkpointBytes` (default 64 MiB), or the journal
+// has grown by `journalBytes` (256 MiB) since the last checkpoint, a checkpoint writes the
+// committed epoch E's pages that the journal set (in memory, or zeroed) to one segment, and
+// switches the manifest to the segments plus it, with E's identity and the journal offset
+// after E's record (a new journal when nothing was committed after E). Commits go on while
+// it writes: their records stay in the journal, their pages in memory. Pages unmapped
+// between two checkpoints are dropped by the segment's coverage (the intersection of the
+// coverages of the epochs it spans), as a per-epoch segment would have.
 //
 // Reading
 // -------
-// At open, the live segments' page tables are replayed in order into one Map from page
+// At open, the live segments' page tables are replayed in order into one index from page
 // number (a JS number, exact below 2^53) to a "global slot" (segment base + slot; segments
-// are numbered consecutively) or -1 for a zero page. readPage() is a Map lookup and one
-// pread of 4 KiB (synchronous: a page-cache hit costs ~2 µs, far less than a thread-pool
-// round trip); during an open batch it looks at the batch's pages first (from memory while
-// they are not yet written). pages() and compaction read 8 MiB windows of the sorted index,
-// coalescing consecutive slots (gaps of up to 8 dead slots included) into reads of up to
-// 1 MiB, 8 in flight.
+// are numbered consecutively), -1 for a zero page, or <= -2 for a page in memory; then the
+// journal's records are decoded and applied (the page decoder is an option of open()).
+// readPage() is an index lookup and a copy from memory or one pread of 4 KiB (synchronous:
+// a page-cache hit costs ~2 µs, far less than a thread-pool round trip); during an open
+// batch it looks at the batch's pages first. pages() and compaction read 8 MiB windows of
+// the sorted index, coalescing consecutive slots (gaps of up to 8 dead slots included) into
+// reads of up to 1 MiB, 8 in flight.
 //
-// Checksums cover the manifest and each segment's meta and footer, not the page data: a
-// page is only referenced once its segment was fsync'd whole, so a crash cannot tear one;
-// media corruption of page data is left to the file system.
+// Checksums cover the manifest, each segment's meta and footer, and each journal record,
+// not a segment's page data: a page is only referenced once its segment was fsync'd whole,
+// so a crash cannot tear one; media corruption of page data is left to the file system.
 //
 // Writing
 // -------
-// addPages() copies into reused 8 MiB staging buffers (an input of 8 MiB or more is written
-// in place: the call resolves once it is on its way to disk) and one pump writes them with
-// writev() of up to 32 MiB; addPages() waits only while more than 64 MiB are unwritten.
+// A full batch's addPages() copies into reused 8 MiB staging buffers (an input of 8 MiB or
+// more is written in place: the call resolves once it is on its way to disk) and one pump
+// writes them with writev() of up to 32 MiB; addPages() waits only while more than 64 MiB
+// are unwritten.
 //
 // Unmapped pages
 // --------------
 // Pages outside the committed state's VMAs are dropped at commit: the batch's own pages
-// outside them are not put in its page table, and when the VMAs no longer cover what the
-// previous state's did, the pages in the uncovered part are removed from the index. Replay
-// does the same, with each segment's coverage, so that a page unmapped at epoch 5 and mapped
-// again at 6 without being written reads as zero, not as its content from before epoch 5.
+// outside them are not kept, and when the VMAs no longer cover what the previous state's
+// did, the pages in the uncovered part are removed from the index. Replay does the same,
+// with each segment's coverage, so that a page unmapped at epoch 5 and mapped again at 6
+// without being written reads as zero, not as its content from before epoch 5.
 //
 // Compaction
 // ----------
 // A segment's weight is its data slots plus its zero entries; dead pages = total weight -
-// live pages (superseded versions, pages superseded within a batch, dropped pages). After a
-// commit, a compaction starts in the background when there are more than 4 segments and more
-// than `deadRatio` (default 3) dead pages per live one, or more than 64 segments. It writes one segment with the live
-// pages in address order (and a copy of the state), switches the manifest to it followed by
-// any segment committed meanwhile (same identity), and deletes the old ones: crash-safe as
-// a commit is, and it never blocks a commit for longer than the manifest switch (a `full`
-// batch committed meanwhile makes it give up). The rule keeps disk use below about
-// (1 + deadRatio) times the live data (plus the segments since the last compaction) and
-// bounds open time and the number of files; each compaction follows at least deadRatio
-// times as many page writes as it copies, so it adds at most 1/deadRatio to the write
-// volume. compact() runs one now; idle() waits for a
-// background one; a failed background compaction (say, ENOSPC) changes nothing, is kept in
+// live pages held in segments (superseded versions, pages superseded within a batch,
+// dropped pages). After a commit, a compaction starts in the background (instead of a
+// checkpoint) when there are more than 4 segments and more than `deadRatio` (default 3) dead
+// pages per live one, or more than 64 segments. It writes one segment with every live page
+// of the committed epoch E in address order (those in memory included: it is a checkpoint
+// too) and a copy of the state, switches the manifest to it alone, and deletes the old ones:
+// crash-safe as a commit is, and it never blocks a commit for longer than the manifest
+// switch (a `full` batch committed meanwhile makes it give up). The rule keeps disk use
+// below about (1 + deadRatio) times the live data (plus the segments since the last
+// compaction) and bounds open time and the number of files; each compaction follows at
+// least deadRatio times as many page writes as it copies, so it adds at most 1/deadRatio
+// to the write volume. compact() and checkpoint() run one now; idle() waits for a
+// background one; a failed background one (say, ENOSPC) changes nothing, is kept in
 // lastCompactionError and is retried 16 commits later.
 import { mkdir, open, readdir, readFile, rename, unlink, type FileHandle } from 'node:fs/promises';
 import { join, resolve as resolvePath } from 'node:path';
+import { DeltaPageDecoder } from '../codec/delta-codec.js';
+import { addrsToBuffer, bufferToAddrs, type DecodedPages, type EncodedPages, type PageDecoder } from '../codec/page-codec.js';
 import type { EpochState } from '../protocol/messages.js';
 import { StoreError, ioError } from './store/errors.js';
 import {
-  FOOTER_SIZE, FORMAT_VERSION, MANIFEST_NAME, MANIFEST_TMP, PAGE_SIZE, SEGMENT_HEADER_SIZE, ZERO,
-  addressesOf, coverageContains, coverageOf, covers, decodeManifest, decodeSegmentFooter, decodeSegmentMeta,
+  FOOTER_SIZE, FORMAT_VERSION, MANIFEST_NAME, MANIFEST_TMP, PAGE_SIZE, SEGMENT_HEADER_SIZE, SEGMENT_VERSION, ZERO,
+  addressesOf, coverageContains, coverageOf, covers, intersectCoverage, decodeManifest, decodeSegmentFooter, decodeSegmentMeta,
   decodeState, encodeManifest, encodeSegmentHeader, encodeSegmentTail, encodeState, pageNumberOf, pageNumbers,
   parseSegmentName, segmentName, slotOffset, type Manifest, type SegmentMeta,
 } from './store/format.js';
+import {
+  JournalWriter, decodeBody, encodeRecord, journalName, parseJournalName, scanJournal, type JournalChunk,
+} from './store/journal.js';
 import { DirLock } from './store/lock.js';
+import { PageArena } from './store/page-arena.js';
 import { PageIndex } from './store/page-index.js';
 import { RecentPages } from './store/recent-pages.js';
 import { SegmentWriter, readExactly, readExactlySync, writevAll } from './store/segment-writer.js';
@@ -133,7 +171,9 @@ export interface CommittedEpoch extends StoreIdentity {
  */
 export type StoreFailpoint =
   | 'commit:write' | 'commit:synced' | 'commit:manifest-tmp' | 'commit:renamed' | 'commit:done'
+  | 'journal:write' | 'journal:synced'
   | 'compact:write' | 'compact:synced' | 'compact:manifest-tmp' | 'compact:renamed' | 'compact:done'
+  | 'checkpoint:write' | 'checkpoint:synced' | 'checkpoint:manifest-tmp' | 'checkpoint:renamed' | 'checkpoint:done'
   | 'generation:manifest-tmp' | 'generation:renamed';
 
 export interface EpochStoreOptions {
@@ -152,9 +192,29 @@ export interface EpochStoreOptions {
    * bases) without a pread each: see RecentPages. Default 8192 (32 MiB); 0: none.
    */
   recentPages?: number;
+  /**
+   * A checkpoint writes the pages the journal committed since the last one to a segment
+   * once they take more than this much memory (default 64 MiB)...
+   */
+  checkpointBytes?: number;
+  /** ...or once the journal has grown by this much since (default 256 MiB). */
+  journalBytes?: number;
+  /** Decodes the frames of journal records at open (default: DeltaPageDecoder, which reads every codec). */
+  decoder?: PageDecoder;
   /** Testing: called at each StoreFailpoint; it may throw (an injected I/O error) or kill the process. */
   failpoint?: (point: StoreFailpoint) => void;
 }
+
+const DEFAULT_CHECKPOINT_BYTES = 64 << 20;
+const DEFAULT_JOURNAL_BYTES = 256 << 20;
+
+/**
+ * Index values: >= 0 a global segment slot, ZERO (-1) an all-zero page, <= -2 a slot of
+ * the page arena (memory): the journal's pages not yet checkpointed, and the open batch's.
+ */
+const memRef = (slot: number): number => -2 - slot;
+const isMem = (v: number): boolean => v <= -2;
+const memSlot = (v: number): number => -2 - v;
 
 const AUTO_COMPACT_MIN_SEGMENTS = 4;
 /**
@@ -193,7 +253,25 @@ export async function readCommittedInfo(dir: string): Promise<(StoreIdentity & {
     throw ioError(e, 'reading the manifest', path);
   }
   const m = decodeManifest(raw, path);
-  return { lineage: m.lineage, generation: m.generation, epoch: m.epoch, committedAt: m.committedAt, pages: m.pages };
+  const info = { lineage: m.lineage, generation: m.generation, epoch: m.epoch, committedAt: m.committedAt, pages: m.pages };
+  if (!m.journal) return info;
+  // The records after the checkpoint, headers only (the standby may be appending one).
+  const jpath = join(resolvePath(dir), m.journal);
+  let fh: FileHandle;
+  try {
+    fh = await open(jpath, 'r');
+  } catch (e) {
+    if ((e as NodeJS.ErrnoException).code === 'ENOENT') return info;
+    throw ioError(e, 'opening the journal', jpath);
+  }
+  try {
+    for await (const r of scanJournal(fh, jpath, m.journalFrom ?? 0, m.epoch, false)) {
+      Object.assign(info, { epoch: r.head.epoch, committedAt: r.head.committedAt, pages: r.head.pages, generation: Math.max(m.generation, r.head.generation) });
+    }
+  } finally {
+    await fh.close().catch(() => undefined);
+  }
+  return info;
 }
 
 class Segment {
@@ -210,6 +288,8 @@ class Segment {
     readonly fh: FileHandle,
     readonly meta: SegmentMeta,
     readonly size: number,
+    /** The coverage of the segment's state: every page it leaves in the index is inside it. */
+    readonly stateCov: Float64Array,
   ) {
     let zeros = 0;
     for (let i = 0; i < meta.slots.length; i++) if (meta.slots[i] === ZERO) zeros++;
@@ -230,6 +310,8 @@ interface Snapshot {
   vals: Float64Array;
   segs: Segment[];
   bases: number[];
+  /** Holds the entries whose value is a memRef (pinned by whoever reads them in the background). */
+  arena: PageArena;
 }
 
 /** The segment holding global slot `g`, by its base (live segments). */
@@ -262,15 +344,32 @@ function segmentOf(segs: readonly Segment[], bases: readonly number[], g: number
  */
 async function readEntries(snap: Snapshot, start: number, end: number, into?: Buffer, buffers?: ReadBuffers): Promise<Buffer> {
   const pos: number[] = [];
-  for (let i = start; i < end; i++) if (snap.vals[i] !== ZERO) pos.push(i);
-  const out = into && into.length >= pos.length * PAGE_SIZE ? into.subarray(0, pos.length * PAGE_SIZE) : Buffer.allocUnsafeSlow(pos.length * PAGE_SIZE);
+  let n = 0;
+  for (let i = start; i < end; i++) {
+    const v = snap.vals[i]!;
+    if (v === ZERO) continue;
+    n++;
+    if (!isMem(v)) pos.push(i);
+  }
+  const out = into && into.length >= n * PAGE_SIZE ? into.subarray(0, n * PAGE_SIZE) : Buffer.allocUnsafeSlow(n * PAGE_SIZE);
+  // Pages in memory are copied now; the rest is read from segments below, into the
+  // places they take among all the data pages (`at` of entry i).
+  const at: number[] = [];
+  for (let i = start, j = 0; i < end; i++) {
+    const v = snap.vals[i]!;
+    if (v === ZERO) continue;
+    if (isMem(v)) snap.arena.readInto(memSlot(v), out, j * PAGE_SIZE);
+    else at.push(j);
+    j++;
+  }
   if (pos.length === 0) return out;
-  // out index j holds entry pos[j]; visit in slot order to find runs.
+  // pos[j] goes to place at[j] of `out`; visit in slot order to find runs.
   const order = pos.map((_, j) => j);
   let sorted = true;
   for (let j = 1; j < pos.length; j++) if (snap.vals[pos[j]!]! < snap.vals[pos[j - 1]!]!) { sorted = false; break; }
   if (!sorted) order.sort((a, b) => snap.vals[pos[a]!]! - snap.vals[pos[b]!]!);
-  // A run: slots [slot, slot + span) of one segment, holding the pages outs[k] at rel[k].
+  // A run: slots [slot, slot + span) of one segment, holding the pages outs[k] (places in
+  // `out`) at rel[k].
   const runs: Array<{ seg: number; slot: number; span: number; outs: number[]; rel: number[] }> = [];
   for (const j of order) {
     const g = snap.vals[pos[j]!]!;
@@ -278,11 +377,11 @@ async function readEntries(snap: Snapshot, start: number, end: number, into?: Bu
     const slot = g - snap.bases[s]!;
     const r = runs[runs.length - 1];
     if (r && r.seg === s && slot >= r.slot + r.span && slot - (r.slot + r.span) <= MAX_GAP_PAGES && slot + 1 - r.slot <= MAX_RUN_PAGES) {
-      r.outs.push(j);
+      r.outs.push(at[j]!);
       r.rel.push(slot - r.slot);
       r.span = slot + 1 - r.slot;
     } else {
-      runs.push({ seg: s, slot, span: 1, outs: [j], rel: [0] });
+      runs.push({ seg: s, slot, span: 1, outs: [at[j]!], rel: [0] });
     }
   }
   // Runs that are not one contiguous piece of `out` are read into one scratch buffer.
@@ -373,11 +472,34 @@ export class EpochStore {
   private coverage: Float64Array = new Float64Array(0);
   private snap: Snapshot | null = null;
   private nextSeq = 0;
+  /** The committed epoch's identity: the manifest's, or the last journal record's after it. */
+  private head: StoreIdentity | null = null;
+  /** @internal Pages of the journal not yet checkpointed, and of the open batch. */
+  readonly arena = new PageArena();
+  /** Index entries that refer to the arena. */
+  private memPages = 0;
+  /**
+   * The coverages of the epochs committed since the last segment, with their epochs
+   * (repeats left out): a checkpoint at epoch E records the intersection of those up to E.
+   */
+  private coverages: Array<{ epoch: number; cov: Float64Array }> = [];
+  /**
+   * Pages the journal made zero since the last segment -> the epoch: a checkpoint writes
+   * them (as zero entries) with the pages in memory, or their older content would return.
+   */
+  private zeroedSince = new PageIndex();
+  private journal: JournalWriter | null = null;
+  private readonly checkpointBytes: number;
+  private readonly journalBytes: number;
+  private decoder: PageDecoder | null;
+  /** What opening the store replayed from the journal, and the torn tail it cut off. */
+  recovered = { records: 0, tornBytes: 0 };
 
   /** @internal the open batch. */
   batch: EpochBatch | null = null;
   private chain: Promise<void> = Promise.resolve();
   private compaction: Promise<void> | null = null;
+  private compactionKind: 'compact' | 'checkpoint' = 'compact';
   private compactCancel = false;
   private compactHolds = 0;
   /** @internal The newest content of recently written pages (see RecentPages). */
@@ -399,6 +521,12 @@ export class EpochStore {
     if (!Number.isSafeInteger(recent) || recent < 0) throw new RangeError(`recentPages must be a non-negative integer, got ${String(options.recentPages)}`);
     this.recent = recent > 0 ? new RecentPages(recent) : null;
     this.failpoint = options.failpoint;
+    this.checkpointBytes = options.checkpointBytes ?? DEFAULT_CHECKPOINT_BYTES;
+    this.journalBytes = options.journalBytes ?? DEFAULT_JOURNAL_BYTES;
+    for (const [k, v] of [['checkpointBytes', this.checkpointBytes], ['journalBytes', this.journalBytes]] as const) {
+      if (!Number.isSafeInteger(v) || v < 0) throw new RangeError(`${k} must be a non-negative whole number of bytes, got ${String(v)}`);
+    }
+    this.decoder = options.decoder ?? null;
   }
 
   /** Opens (creating it 0700 if needed) and locks `dir`, recovers the last committed epoch, deletes leftovers. */
@@ -415,6 +543,7 @@ export class EpochStore {
       await store.load();
     } catch (e) {
       for (const s of store.segments) s.close();
+      await store.journal?.close();
       await lock.release();
       throw e;
     }
@@ -423,14 +552,14 @@ export class EpochStore {
 
   /** The committed EpochState alone (what `committed` has, without counting the disk use). */
   get committedState(): EpochState | null {
-    return this.manifest ? this.state : null;
+    return this.head ? this.state : null;
   }
 
   get committed(): CommittedEpoch | null {
-    const m = this.manifest;
-    if (!m || !this.state) return null;
+    const h = this.head;
+    if (!h || !this.state) return null;
     return {
-      lineage: m.lineage, generation: m.generation, epoch: m.epoch, committedAt: m.committedAt,
+      lineage: h.lineage, generation: h.generation, epoch: h.epoch, committedAt: h.committedAt,
       state: this.state, pages: this.index.size, bytesOnDisk: this.bytesOnDisk(),
     };
   }
@@ -442,7 +571,7 @@ export class EpochStore {
     for (const k of ['generation', 'epoch', 'base'] as const) {
       if (!Number.isSafeInteger(b[k]) || b[k] < 0) throw new RangeError(`batch ${k} must be a non-negative integer, got ${String(b[k])}`);
     }
-    const c = this.manifest;
+    const c = this.head;
     if (c && b.generation < c.generation) {
       throw new StoreError('MISMATCH', `batch generation ${b.generation} is older than committed generation ${c.generation} (a stale primary?)`);
     }
@@ -454,8 +583,10 @@ export class EpochStore {
     }
     // A full batch replaces everything: what is held may not survive it.
     if (b.full) this.recent?.clear();
-    const seq = this.nextSeq++;
-    const batch = new EpochBatch(this, { ...b }, seq, join(this.dir, segmentName(seq)));
+    // A full batch is written as a segment (it replaces everything); a delta batch's pages
+    // stay in memory and its record goes to the journal.
+    const seq = b.full ? this.nextSeq++ : -1;
+    const batch = new EpochBatch(this, { ...b }, seq, b.full ? join(this.dir, segmentName(seq)) : this.journalPath());
     this.batch = batch;
     return batch;
   }
@@ -470,6 +601,7 @@ export class EpochStore {
     this.assertOpen();
     const snap = this.snapshot();
     for (const s of snap.segs) s.refs++;
+    const unpinArena = this.arena.pin();
     try {
       const n = snap.keys.length;
       for (let start = 0; start < n; start += WINDOW_PAGES) {
@@ -484,6 +616,7 @@ export class EpochStore {
       }
     } finally {
       for (const s of snap.segs) this.unpin(s);
+      unpinArena();
     }
   }
 
@@ -567,7 +700,8 @@ export class EpochStore {
       const r = b.lookup(pn);
       if (r !== undefined) {
         if (r === ZERO) { out.fill(0, at, at + PAGE_SIZE); return null; }
-        b.readSlotInto(r, out, at);
+        if (isMem(r)) this.arena.readInto(memSlot(r), out, at);
+        else b.readSlotInto(r, out, at);
         return true;
       }
     }
@@ -575,6 +709,10 @@ export class EpochStore {
     if (g === undefined || g === ZERO) {
       out.fill(0, at, at + PAGE_SIZE);
       return g === ZERO ? null : undefined;
+    }
+    if (isMem(g)) {
+      this.arena.readInto(memSlot(g), out, at);
+      return true;
     }
     const seg = findSegment(this.segments, g);
     try {
@@ -587,10 +725,27 @@ export class EpochStore {
 
   /** Rewrites the live pages into one segment (see the header); resolves when done or when there was nothing to do. */
   compact(): Promise<void> {
+    return this.background('compact');
+  }
+
+  /** Writes the journal's pages held in memory to a segment now (see the header). */
+  checkpoint(): Promise<void> {
+    return this.background('checkpoint');
+  }
+
+  /**
+   * One background writer at a time: a compaction (every live page into one segment) or a
+   * checkpoint (the pages in memory into one more segment). Asking for one while the other
+   * runs waits for it and then runs.
+   */
+  private background(kind: 'compact' | 'checkpoint'): Promise<void> {
     this.assertOpen();
-    if (!this.compaction) {
-      this.compaction = this.runCompaction().finally(() => { this.compaction = null; });
+    if (this.compaction) {
+      if (this.compactionKind === kind) return this.compaction;
+      return this.compaction.catch(() => undefined).then(() => this.background(kind));
     }
+    this.compactionKind = kind;
+    this.compaction = this.runCompaction(kind).finally(() => { this.compaction = null; });
     return this.compaction;
   }
 
@@ -618,19 +773,24 @@ export class EpochStore {
     if (!Number.isSafeInteger(generation) || generation < 0) throw new RangeError(`generation must be a non-negative integer, got ${generation}`);
     await this.exclusive(async () => {
       const m = this.manifest;
-      if (!m) throw new StoreError('STATE', `store ${this.dir} has no committed epoch: nothing to set the generation of`);
-      if (generation < m.generation) throw new StoreError('MISMATCH', `generation ${generation} is older than committed generation ${m.generation}`);
-      if (generation === m.generation) return;
+      const h = this.head;
+      if (!m || !h) throw new StoreError('STATE', `store ${this.dir} has no committed epoch: nothing to set the generation of`);
+      if (generation < h.generation) throw new StoreError('MISMATCH', `generation ${generation} is older than committed generation ${h.generation}`);
+      if (generation === h.generation) return;
       const next = { ...m, generation, nextSeq: this.nextSeq };
       await this.writeManifest(next, 'generation');
       this.manifest = next;
+      this.head = { ...h, generation };
       this.hook('generation:renamed');
       await this.syncDir();
     });
   }
 
-  stats(): { segments: number; livePages: number; deadPages: number; bytesOnDisk: number } {
-    return { segments: this.segments.length, livePages: this.index.size, deadPages: this.deadPages(), bytesOnDisk: this.bytesOnDisk() };
+  stats(): { segments: number; livePages: number; deadPages: number; bytesOnDisk: number; memoryPages: number; journalBytes: number } {
+    return {
+      segments: this.segments.length, livePages: this.index.size, deadPages: this.deadPages(), bytesOnDisk: this.bytesOnDisk(),
+      memoryPages: this.memPages, journalBytes: this.journalSince(),
+    };
   }
 
   /** Aborts an open batch (waits for one being committed), stops compaction, releases the lock. */
@@ -647,6 +807,8 @@ export class EpochStore {
     this.segments = [];
     this.index = new PageIndex();
     this.snap = null;
+    await this.journal?.close();
+    this.journal = null;
     await this.lock?.release();
     this.lock = null;
   }
@@ -663,7 +825,7 @@ export class EpochStore {
   get useFsync(): boolean { return this.fsync; }
 
   /** @internal */
-  get committedEpochNumber(): number | null { return this.manifest?.epoch ?? null; }
+  get committedEpochNumber(): number | null { return this.head?.epoch ?? null; }
 
   /** @internal whether a segment is named by the current manifest. */
   isLive(name: string): boolean {
@@ -699,80 +861,140 @@ export class EpochStore {
     onReplaced: (old: Segment[]) => void): Promise<void> {
     return this.exclusive(async () => {
       if (this.closed) throw new StoreError('STATE', `store ${this.dir} is closed`);
-      const cur = this.manifest;
+      const cur = this.head;
       if (cur && batch.generation < cur.generation) {
         throw new StoreError('MISMATCH', `batch generation ${batch.generation} is older than committed generation ${cur.generation} (raised while the batch was open)`);
       }
-      if (!batch.full && (!cur || cur.epoch !== batch.base || cur.lineage !== batch.lineage)) {
-        throw new StoreError('MISMATCH', `batch base ${batch.base} does not match committed epoch ${cur?.epoch ?? 'none'}`);
-      }
-      const { pageNos, slots } = seg.meta;
-      let pages: number;
-      let shrink = false;
-      if (batch.full) {
-        pages = pageNos.length;
-      } else {
-        shrink = !coverageContains(cov, this.coverage);
-        let removed = 0;
-        if (shrink) this.index.forEach((_v, k) => { if (!covers(cov, k)) removed++; });
-        let added = 0;
-        for (let i = 0; i < pageNos.length; i++) if (!this.index.has(pageNos[i]!)) added++;
-        pages = this.index.size - removed + added;
-      }
-      const segs = batch.full ? [seg] : [...this.segments, seg];
+      // A full batch starts a new journal (created on its first record).
+      const journal = journalName(this.nextSeq++);
       const m: Manifest = {
         format: FORMAT_VERSION, lineage: batch.lineage, generation: batch.generation, epoch: batch.epoch,
-        committedAt: seg.meta.committedAt, pages, segments: segs.map((s) => s.name), state: seg.name, nextSeq: this.nextSeq,
+        committedAt: seg.meta.committedAt, pages: seg.meta.pageNos.length, segments: [seg.name], state: seg.name, nextSeq: this.nextSeq,
+        journal, journalFrom: 0,
       };
       await this.writeManifest(m, 'commit');
       // Switched: from here on the new epoch is the committed one.
-      if (batch.full) {
-        onReplaced(this.segments);
-        seg.base = 0;
-        this.index = map; // already filtered to `cov`; local slots are global with base 0
-        this.nextBase = seg.meta.dataSlots;
-        this.totalWeight = seg.weight;
-      } else {
-        seg.base = this.nextBase;
-        this.nextBase += seg.meta.dataSlots;
-        this.totalWeight += seg.weight;
-        const gained: number[] = []; // page numbers that now have content and had none
-        const lost: number[] = []; // page numbers with content before, none now
-        if (shrink) {
-          const index = this.index;
-          index.forEach((v, k) => {
-            if (covers(cov, k)) return;
-            if (v !== ZERO) lost.push(k);
-            index.delete(k);
-            this.recent?.delete(k);
-          });
-        }
-        for (let i = 0; i < pageNos.length; i++) {
-          const s = slots[i]!;
-          const pn = pageNos[i]!;
-          const prev = this.index.get(pn);
-          const had = prev !== undefined && prev !== ZERO;
-          if (had !== (s !== ZERO)) (had ? lost : gained).push(pn);
-          this.index.set(pn, s === ZERO ? ZERO : seg.base + s);
-        }
-        if (gained.length || lost.length) {
-          this.keysVersion++;
-          if (this.contentKeys) {
-            const index = this.index;
-            this.contentKeys = mergeSorted(this.contentKeys, [...gained, ...lost], (k) => { const v = index.get(k); return v !== undefined && v !== ZERO; });
-          }
-        }
-      }
-      if (batch.full) { this.keysVersion++; this.contentKeys = null; }
-      this.segments = segs;
+      onReplaced(this.segments);
+      this.index.forEach((v) => { if (isMem(v)) this.arena.free(memSlot(v)); });
+      this.memPages = 0;
+      const oldJournal = this.journal;
+      this.journal = new JournalWriter(join(this.dir, journal), 0, this.fsync, () => this.syncDir());
+      if (oldJournal) { await oldJournal.close(); void unlink(oldJournal.path).catch(() => undefined); }
+      seg.base = 0;
+      this.index = map; // already filtered to `cov`; local slots are global with base 0
+      this.nextBase = seg.meta.dataSlots;
+      this.totalWeight = seg.weight;
+      this.keysVersion++;
+      this.contentKeys = null;
+      this.segments = [seg];
       this.indexVersion++;
       this.manifest = m;
+      this.head = { lineage: m.lineage, generation: m.generation, epoch: m.epoch, committedAt: m.committedAt };
       this.state = state;
       this.stateBytes = stateBytes;
       this.coverage = cov;
+      this.coverages = [];
+      this.zeroedSince = new PageIndex();
       this.hook('commit:renamed');
       await this.syncDir();
     });
+  }
+
+  /**
+   * @internal Commits a delta batch: its record is appended to the journal and made
+   * durable (the commit point), then its pages (in the arena) join the index. `map`: the
+   * batch's final pages, already filtered to `cov`; `record` builds the record once the
+   * live page count is known. With `replay`, the record is already in the journal.
+   */
+  commitDelta(batch: EpochBatch, map: PageIndex, state: EpochState, stateBytes: Buffer, cov: Float64Array, committedAt: number,
+    record: ((pages: number) => Buffer[]) | null, consequence: () => string): Promise<CommittedEpoch> {
+    return this.exclusive(async () => {
+      if (this.closed) throw new StoreError('STATE', `store ${this.dir} is closed`);
+      const cur = this.head;
+      if (cur && batch.generation < cur.generation) {
+        throw new StoreError('MISMATCH', `batch generation ${batch.generation} is older than committed generation ${cur.generation} (raised while the batch was open)`);
+      }
+      if (!cur || cur.epoch !== batch.base || cur.lineage !== batch.lineage) {
+        throw new StoreError('MISMATCH', `batch base ${batch.base} does not match committed epoch ${cur?.epoch ?? 'none'}`);
+      }
+      const shrink = !coverageContains(cov, this.coverage);
+      if (record) {
+        let removed = 0;
+        if (shrink) this.index.forEach((_v, k) => { if (!covers(cov, k)) removed++; });
+        let added = 0;
+        map.forEach((_v, k) => { if (!this.index.has(k)) added++; });
+        const bufs = record(this.index.size - removed + added);
+        if (!batch.beginSwitch()) throw new StoreError('STATE', `the commit of epoch ${batch.epoch} was cancelled`);
+        if (!this.manifest!.journal) {
+          // A store of format 1 (no journal): name one first.
+          const m = { ...this.manifest!, format: FORMAT_VERSION, journal: journalName(this.nextSeq++), journalFrom: 0 };
+          m.nextSeq = this.nextSeq;
+          await this.writeManifest(m, 'commit');
+          this.manifest = m;
+          await this.syncDir();
+        }
+        this.hook('journal:write');
+        this.journal ??= new JournalWriter(this.journalPath(), 0, this.fsync, () => this.syncDir());
+        await this.journal.append(bufs, consequence());
+      }
+      // Committed: the pages join the index.
+      const gained: number[] = []; // page numbers that now have content and had none
+      const lost: number[] = []; // page numbers with content before, none now
+      const index = this.index;
+      if (shrink) {
+        index.forEach((v, k) => {
+          if (covers(cov, k)) return;
+          if (v !== ZERO) lost.push(k);
+          this.unref(v);
+          index.delete(k);
+          this.recent?.delete(k);
+        });
+      }
+      map.forEach((v, pn) => {
+        const prev = index.get(pn);
+        const had = prev !== undefined && prev !== ZERO;
+        if (had !== (v !== ZERO)) (had ? lost : gained).push(pn);
+        if (prev !== undefined) this.unref(prev);
+        if (isMem(v)) this.memPages++;
+        else if (v === ZERO) this.zeroedSince.set(pn, batch.epoch);
+        index.set(pn, v);
+      });
+      if (gained.length || lost.length) {
+        this.keysVersion++;
+        if (this.contentKeys) {
+          this.contentKeys = mergeSorted(this.contentKeys, [...gained, ...lost], (k) => { const v = index.get(k); return v !== undefined && v !== ZERO; });
+        }
+      }
+      this.indexVersion++;
+      const lastCov = this.coverages.length ? this.coverages[this.coverages.length - 1]!.cov : this.coverage;
+      if (!sameCoverage(lastCov, cov)) this.coverages.push({ epoch: batch.epoch, cov });
+      this.head = { lineage: batch.lineage, generation: batch.generation, epoch: batch.epoch, committedAt };
+      this.state = state;
+      this.stateBytes = stateBytes;
+      this.coverage = cov;
+      if (!record) {
+        this.recovered.records++;
+        return this.committed!;
+      }
+      this.hook('journal:synced');
+      this.maybeCompact();
+      return this.committed!;
+    });
+  }
+
+  /** An index value is going away: its arena slot (if any) is free. */
+  private unref(v: number): void {
+    if (isMem(v)) { this.arena.free(memSlot(v)); this.memPages--; }
+  }
+
+  /** @internal where the journal is (or will be created). */
+  journalPath(): string {
+    return join(this.dir, this.manifest?.journal ?? journalName(this.nextSeq));
+  }
+
+  /** Journal bytes since the last checkpoint. */
+  private journalSince(): number {
+    return Math.max(0, (this.journal?.end ?? 0) - (this.manifest?.journalFrom ?? 0));
   }
 
   // ------------------------------------------------------------------------------------
@@ -787,12 +1009,13 @@ export class EpochStore {
     return run;
   }
 
+  /** Dead slots and zero entries in segments: their weight less the entries that still refer to them. */
   private deadPages(): number {
-    return Math.max(0, this.totalWeight - this.index.size);
+    return Math.max(0, this.totalWeight - (this.index.size - this.memPages));
   }
 
   private bytesOnDisk(): number {
-    let n = this.manifestBytes;
+    let n = this.manifestBytes + (this.journal?.end ?? 0);
     for (const s of this.segments) n += s.size;
     return n;
   }
@@ -816,10 +1039,10 @@ export class EpochStore {
     } catch (e) {
       throw ioError(e, 'listing the store directory', this.dir);
     }
-    const live = new Set(m?.segments ?? []);
+    const live = new Set([...(m?.segments ?? []), ...(m?.journal ? [m.journal] : [])]);
     let maxSeq = -1;
     for (const name of names) {
-      const seq = parseSegmentName(name);
+      const seq = parseSegmentName(name) ?? parseJournalName(name);
       const leftover = seq !== null ? !live.has(name) : name === MANIFEST_TMP || DirLock.isDeadLeftover(name);
       if (seq !== null) maxSeq = Math.max(maxSeq, seq);
       if (leftover) {
@@ -831,7 +1054,7 @@ export class EpochStore {
         }
       }
     }
-    this.nextSeq = Math.max(m?.nextSeq ?? 0, maxSeq + 1);
+    this.nextSeq = Math.max(m?.nextSeq ?? 0, maxSeq + 1, m?.journal ? parseJournalName(m.journal)! + 1 : 0);
     if (!m) return;
     if (m.state !== m.segments[m.segments.length - 1]) {
       throw new StoreError('CORRUPT', `manifest ${mpath} is corrupt: the state is not in the last segment`, { path: mpath });
@@ -845,11 +1068,81 @@ export class EpochStore {
     } catch (e) {
       throw new StoreError('CORRUPT', `segment ${last.path} is corrupt: the state does not decode (${(e as Error).message})`, { path: last.path });
     }
-    this.coverage = last.meta.coverage;
+    // The state's own coverage: a checkpoint's segment records a narrower one (see SegmentMeta).
+    this.coverage = coverageOf(this.state.vmas);
     this.manifest = m;
     this.rebuildIndex();
     if (this.index.size !== m.pages) {
       throw new StoreError('CORRUPT', `store ${this.dir} is corrupt: the manifest says ${m.pages} pages, the segments hold ${this.index.size}`, { path: mpath });
+    }
+    this.head = { lineage: m.lineage, generation: m.generation, epoch: m.epoch, committedAt: m.committedAt };
+    if (m.journal) await this.replayJournal(m.journal, m.journalFrom ?? 0);
+  }
+
+  /**
+   * Applies the journal's whole records after the checkpoint, in order, as commits; cuts off
+   * a torn tail; leaves the journal open for appending after the last record.
+   */
+  private async replayJournal(name: string, from: number): Promise<void> {
+    const path = join(this.dir, name);
+    let fh: FileHandle;
+    try {
+      fh = await open(path, 'r+');
+    } catch (e) {
+      if ((e as NodeJS.ErrnoException).code !== 'ENOENT') throw ioError(e, 'opening the journal', path);
+      if (from > 0) throw new StoreError('CORRUPT', `store ${this.dir} is corrupt: journal ${name} named by the manifest is missing`, { path });
+      this.journal = new JournalWriter(path, 0, this.fsync, () => this.syncDir());
+      return;
+    }
+    let end = from;
+    try {
+      for await (const r of scanJournal(fh, path, from, this.head!.epoch, true)) {
+        const body = decodeBody(r.body!, path);
+        if (body.lineage !== this.head!.lineage) break;
+        await this.replayRecord(r.head, body, path);
+        end = r.end;
+      }
+      const size = (await fh.stat()).size;
+      if (size > end) {
+        this.recovered.tornBytes = size - end;
+        await fh.truncate(end);
+        if (this.fsync) await fh.datasync();
+      }
+    } catch (e) {
+      await fh.close().catch(() => undefined);
+      throw e instanceof StoreError ? e : ioError(e, 'replaying the journal', path);
+    }
+    this.journal = JournalWriter.adopt(path, fh, end, this.fsync, () => this.syncDir());
+  }
+
+  private async replayRecord(h: { epoch: number; base: number; generation: number; committedAt: number; pages: number }, body: ReturnType<typeof decodeBody>, path: string): Promise<void> {
+    const batch = this.begin({ lineage: body.lineage, generation: Math.max(h.generation, this.head!.generation), epoch: h.epoch, base: h.base, full: false });
+    try {
+      for (const c of body.chunks) {
+        if ('f' in c) {
+          this.decoder ??= new DeltaPageDecoder();
+          let d: DecodedPages;
+          try {
+            d = await this.decoder.decode(c.f, { into: (a, out, at) => { this.readPagesInto(a, out, at); } });
+          } catch (e) {
+            throw new StoreError('CORRUPT', `journal ${path} is corrupt: the pages of epoch ${h.epoch} do not decode (${(e as Error).message})`, { path, cause: e });
+          }
+          batch.putPages(d.addrs, d.pages);
+          batch.putZeros(d.zeros);
+          this.decoder.release?.(d);
+        } else if ('p' in c) {
+          batch.putPages(bufferToAddrs(c.p), c.d);
+        } else {
+          batch.putZeros(bufferToAddrs(c.z));
+        }
+      }
+      await batch.replayCommit(decodeStateOrCorrupt(body.state, path), body.state, h.committedAt);
+    } catch (e) {
+      if (this.batch === batch) await batch.abort().catch(() => undefined);
+      throw e;
+    }
+    if (this.index.size !== h.pages) {
+      throw new StoreError('CORRUPT', `journal ${path} is corrupt: epoch ${h.epoch} should hold ${h.pages} pages, replay gives ${this.index.size}`, { path });
     }
   }
 
@@ -873,7 +1166,13 @@ export class EpochStore {
       const body = Buffer.alloc(footer.metaLength);
       await readExactly(fh, body, 0, footer.metaLength, footer.metaOffset);
       const meta = decodeSegmentMeta(body, footer, path);
-      return new Segment(name, path, fh, meta, size);
+      let stateCov: Float64Array;
+      try {
+        stateCov = coverageOf(decodeState(meta.state).vmas);
+      } catch (e) {
+        throw new StoreError('CORRUPT', `segment ${path} is corrupt: the state does not decode (${(e as Error).message})`, { path });
+      }
+      return new Segment(name, path, fh, meta, size, stateCov);
     } catch (e) {
       await fh.close().catch(() => undefined);
       throw e instanceof StoreError ? e : ioError(e, 'reading a segment', path);
@@ -885,7 +1184,7 @@ export class EpochStore {
     const index = new PageIndex();
     let base = 0;
     let weight = 0;
-    let prev: Float64Array | null = null;
+    let prev: Float64Array | null = null; // the coverage of the state of the segment before
     for (const seg of this.segments) {
       seg.base = base;
       const { pageNos, slots, coverage } = seg.meta;
@@ -898,7 +1197,7 @@ export class EpochStore {
       }
       base += seg.meta.dataSlots;
       weight += seg.weight;
-      prev = coverage;
+      prev = seg.stateCov;
     }
     this.index = index;
     this.nextBase = base;
@@ -912,7 +1211,7 @@ export class EpochStore {
     if (this.snap && this.snap.version === this.indexVersion) return this.snap;
     const { keys, vals } = this.index.sorted();
     const segs = this.segments.slice();
-    this.snap = { version: this.indexVersion, keys, vals, segs, bases: segs.map((s) => s.base) };
+    this.snap = { version: this.indexVersion, keys, vals, segs, bases: segs.map((s) => s.base), arena: this.arena };
     return this.snap;
   }
 
@@ -928,7 +1227,7 @@ export class EpochStore {
     if (s.refs === 0) s.close();
   }
 
-  private async writeManifest(m: Manifest, purpose: 'commit' | 'compact' | 'generation'): Promise<void> {
+  private async writeManifest(m: Manifest, purpose: 'commit' | 'compact' | 'checkpoint' | 'generation'): Promise<void> {
     const tmp = join(this.dir, MANIFEST_TMP);
     const buf = encodeManifest(m);
     let fh: FileHandle | undefined;
@@ -943,7 +1242,7 @@ export class EpochStore {
     } catch (e) {
       await fh?.close().catch(() => undefined);
       await unlink(tmp).catch(() => undefined);
-      const committed = this.manifest ? `committed epoch ${this.manifest.epoch} is intact` : 'the store stays empty';
+      const committed = this.head ? `committed epoch ${this.head.epoch} is intact` : 'the store stays empty';
       throw ioError(e, 'writing the manifest', tmp, committed);
     }
     this.manifestBytes = buf.length;
@@ -962,35 +1261,58 @@ export class EpochStore {
     }
   }
 
+  /**
+   * After a commit: a compaction when the segments call for one (see the header), else a
+   * checkpoint when the journal's pages in memory or the journal itself have grown enough.
+   */
   private maybeCompact(): void {
     if (!this.autoCompact || this.closing || this.compaction || this.compactHolds > 0) return;
     if (this.compactCooldown > 0) { this.compactCooldown--; return; }
     const n = this.segments.length;
-    if (n > AUTO_COMPACT_MAX_SEGMENTS || (n > AUTO_COMPACT_MIN_SEGMENTS && this.deadPages() > this.deadRatio * this.index.size)) {
-      this.compact().catch((e: unknown) => {
-        this.lastCompactionError = e instanceof StoreError ? e : ioError(e, 'compacting', this.dir);
-        this.compactCooldown = COMPACT_RETRY_COMMITS;
-      });
-    }
+    const compact = n > AUTO_COMPACT_MAX_SEGMENTS || (n > AUTO_COMPACT_MIN_SEGMENTS && this.deadPages() > this.deadRatio * this.index.size);
+    const checkpoint = this.memPages * PAGE_SIZE > this.checkpointBytes || this.journalSince() > this.journalBytes;
+    if (!compact && !checkpoint) return;
+    this.background(compact ? 'compact' : 'checkpoint').catch((e: unknown) => {
+      this.lastCompactionError = e instanceof StoreError ? e : ioError(e, compact ? 'compacting' : 'checkpointing', this.dir);
+      this.compactCooldown = COMPACT_RETRY_COMMITS;
+    });
   }
 
-  private async runCompaction(): Promise<void> {
-    const m0 = this.manifest;
-    if (!m0) return;
-    if (this.segments.length <= 1 && this.deadPages() === 0) return;
+  /**
+   * Writes one segment as of the committed epoch E when it starts: every live page
+   * ('compact', which then replaces all segments) or the pages held in memory
+   * ('checkpoint', appended to them). The manifest then names E and the journal offset
+   * after E's record; commits go on meanwhile (their records stay in the journal), and
+   * index entries unchanged since E are pointed at the new segment.
+   */
+  private async runCompaction(kind: 'compact' | 'checkpoint'): Promise<void> {
+    if (!this.manifest || !this.head) return;
+    if (kind === 'compact' && this.segments.length <= 1 && this.deadPages() === 0 && this.memPages === 0) return;
+    if (kind === 'checkpoint' && this.memPages === 0 && this.zeroedSince.size === 0) return;
     if (this.compactHolds > 0) return;
     this.compactCancel = false;
-    const snap = this.snapshot();
-    const snapSegs = snap.segs;
-    const stateBytes = this.stateBytes;
-    const cov = this.coverage;
-    for (const s of snapSegs) s.refs++;
+    // Taken between commits, so that the index, the state and the journal offset agree.
+    // The arena is pinned and the segments referenced in the same step.
+    const at = await this.exclusive(async () => {
+      const full = this.snapshot();
+      const sel = kind === 'compact' ? full : selectSince(full, this.zeroedSince);
+      const segs = this.segments.slice();
+      for (const s of segs) s.refs++;
+      // A compaction's segment is the only one: nothing before it to drop pages from.
+      let mask = this.coverage;
+      if (kind === 'checkpoint') for (const c of this.coverages) mask = intersectCoverage(mask, c.cov);
+      return {
+        snap: sel, segs, unpin: this.arena.pin(), head: this.head!, stateBytes: this.stateBytes, cov: mask, stateCov: this.coverage,
+        journalEnd: this.journal?.end ?? 0, pages: this.index.size,
+      };
+    });
+    const { snap, head: id, stateBytes, cov, segs: snapSegs, unpin: unpinArena } = at;
     const seq = this.nextSeq++;
     const name = segmentName(seq);
     const path = join(this.dir, name);
     let fh: FileHandle | undefined;
     let switched = false;
-    const cancelled = (): boolean => this.compactCancel || this.compactHolds > 0 || this.closing || snapSegs[0]!.retired;
+    const cancelled = (): boolean => this.compactCancel || this.compactHolds > 0 || this.closing || (snapSegs.length > 0 && snapSegs[0]!.retired);
     try {
       try {
         fh = await open(path, 'wx+', 0o600);
@@ -1000,15 +1322,15 @@ export class EpochStore {
         // Two window buffers: window k+1 is read while window k is written.
         const windows = this.buffers.windows();
         const out = fh;
-        let writing: Promise<void> = writevAll(out, [encodeSegmentHeader(seq, m0.epoch)], 0);
+        let writing: Promise<void> = writevAll(out, [encodeSegmentHeader(seq, id.epoch)], 0);
         try {
           for (let start = 0, w = 0; start < n; start += WINDOW_PAGES, w ^= 1) {
             if (cancelled()) return;
             const end = Math.min(n, start + WINDOW_PAGES);
+            await writing;
             const data = await readEntries(snap, start, end, windows[w], this.buffers);
             for (let i = start; i < end; i++) slots[i] = snap.vals[i] === ZERO ? ZERO : dataSlots++;
-            await writing;
-            this.hook('compact:write');
+            this.hook(`${kind}:write`);
             writing = writevAll(out, [data], slotOffset(dataSlots) - data.length);
           }
         } finally {
@@ -1016,43 +1338,115 @@ export class EpochStore {
         }
         await writing;
         const meta: SegmentMeta = {
-          version: FORMAT_VERSION, seq, kind: 'compact', lineage: m0.lineage, generation: m0.generation, epoch: m0.epoch,
-          committedAt: m0.committedAt, dataSlots, pageNos: snap.keys, slots, coverage: cov, state: stateBytes,
+          version: SEGMENT_VERSION, seq, kind: kind === 'compact' ? 'compact' : 'delta', lineage: id.lineage, generation: id.generation, epoch: id.epoch,
+          committedAt: id.committedAt, dataSlots, pageNos: snap.keys, slots, coverage: cov, state: stateBytes,
         };
         const tail = encodeSegmentTail(meta);
         await writevAll(fh, [tail], slotOffset(dataSlots));
         if (this.fsync) await fh.sync();
-        this.hook('compact:synced');
+        this.hook(`${kind}:synced`);
         meta.state = EMPTY;
-        const seg = new Segment(name, path, fh, meta, slotOffset(dataSlots) + tail.length);
+        const seg = new Segment(name, path, fh, meta, slotOffset(dataSlots) + tail.length, at.stateCov);
         await this.exclusive(async () => {
           if (cancelled() || this.closed) return;
           const cur = this.manifest!;
-          if (this.segments.length < snapSegs.length || snapSegs.some((s, i) => this.segments[i] !== s)) return;
-          const rest = this.segments.slice(snapSegs.length);
-          const next: Manifest = { ...cur, segments: [name, ...rest.map((s) => s.name)], state: rest.length ? cur.state : name, nextSeq: this.nextSeq };
-          await this.writeManifest(next, 'compact');
+          // A full batch committed meanwhile replaced the segments: this one is moot.
+          if (this.segments.length !== snapSegs.length || snapSegs.some((s, i) => this.segments[i] !== s)) return;
+          // Nothing committed since E: the journal starts afresh.
+          const rotate = (this.journal?.end ?? 0) === at.journalEnd;
+          const journal = rotate ? journalName(this.nextSeq++) : cur.journal!;
+          const next: Manifest = {
+            ...cur, format: FORMAT_VERSION, lineage: id.lineage, generation: Math.max(cur.generation, id.generation), epoch: id.epoch,
+            committedAt: id.committedAt, pages: at.pages, segments: kind === 'compact' ? [name] : [...cur.segments, name], state: name,
+            nextSeq: this.nextSeq, journal, journalFrom: rotate ? 0 : at.journalEnd,
+          };
+          await this.writeManifest(next, kind);
           switched = true;
           this.manifest = next;
-          this.segments = [seg, ...rest];
-          this.rebuildIndex();
-          this.hook('compact:renamed');
+          if (kind === 'compact') {
+            seg.base = 0;
+            this.nextBase = dataSlots;
+            this.totalWeight = seg.weight;
+            this.segments = [seg];
+          } else {
+            seg.base = this.nextBase;
+            this.nextBase += dataSlots;
+            this.totalWeight += seg.weight;
+            this.segments = [...this.segments, seg];
+          }
+          // Entries unchanged since E now live in the new segment; later ones stay as they are.
+          // Pages leaving memory go to RecentPages, the decoder's next bases.
+          const index = this.index;
+          const recent = this.recent;
+          const one = new Float64Array(1);
+          for (let i = 0; i < n; i++) {
+            const k = snap.keys[i]!;
+            const v = snap.vals[i]!;
+            if (index.get(k) !== v) continue;
+            const nv = slots[i] === ZERO ? ZERO : seg.base + slots[i]!;
+            if (nv === v) continue;
+            if (recent && isMem(v)) { one[0] = k; recent.put(one, this.arena.view(memSlot(v))); }
+            this.unref(v);
+            index.set(k, nv);
+          }
+          this.indexVersion++;
+          this.coverages = this.coverages.filter((c) => c.epoch > id.epoch);
+          const zeroed = this.zeroedSince;
+          zeroed.forEach((e, k) => { if (e <= id.epoch) zeroed.delete(k); });
+          if (rotate) {
+            const old = this.journal;
+            this.journal = new JournalWriter(join(this.dir, journal), 0, this.fsync, () => this.syncDir());
+            if (old) { await old.close(); void unlink(old.path).catch(() => undefined); }
+          }
+          this.hook(`${kind}:renamed`);
           await this.syncDir();
         });
       } catch (e) {
-        throw ioError(e, 'compacting the store', path, switched ? '' : `the store is unchanged (committed epoch ${this.manifest?.epoch})`);
+        throw ioError(e, kind === 'compact' ? 'compacting the store' : 'checkpointing the store', path,
+          switched ? '' : `the store is unchanged (committed epoch ${this.head?.epoch})`);
       }
     } finally {
       for (const s of snapSegs) this.unpin(s);
+      unpinArena();
       if (!switched) {
         await fh?.close().catch(() => undefined);
         await unlink(path).catch(() => undefined);
       }
     }
     if (switched) {
-      this.hook('compact:done');
-      for (const s of snapSegs) this.retire(s);
+      this.hook(`${kind}:done`);
+      if (kind === 'compact') for (const s of snapSegs) this.retire(s);
     }
+  }
+}
+
+function sameCoverage(a: Float64Array, b: Float64Array): boolean {
+  if (a.length !== b.length) return false;
+  for (let i = 0; i < a.length; i++) if (a[i] !== b[i]) return false;
+  return true;
+}
+
+/** The entries of a snapshot the journal set since the last segment: in memory, or zeroed. */
+function selectSince(snap: Snapshot, zeroed: PageIndex): Snapshot {
+  const pick = (i: number): boolean => {
+    const v = snap.vals[i]!;
+    return isMem(v) || (v === ZERO && zeroed.has(snap.keys[i]!));
+  };
+  let n = 0;
+  for (let i = 0; i < snap.vals.length; i++) if (pick(i)) n++;
+  const keys = new Float64Array(n);
+  const vals = new Float64Array(n);
+  for (let i = 0, j = 0; i < snap.vals.length; i++) {
+    if (pick(i)) { keys[j] = snap.keys[i]!; vals[j++] = snap.vals[i]!; }
+  }
+  return { ...snap, keys, vals };
+}
+
+function decodeStateOrCorrupt(bytes: Buffer, path: string): EpochState {
+  try {
+    return decodeState(bytes);
+  } catch (e) {
+    throw new StoreError('CORRUPT', `journal ${path} is corrupt: a state does not decode (${(e as Error).message})`, { path });
   }
 }
 
@@ -1067,14 +1461,17 @@ export class EpochBatch {
   private status: BatchStatus = 'open';
   private error: StoreError | null = null;
   private added = 0;
-  /** Page number -> local slot, or ZERO. */
+  /** Page number -> local slot of the segment (full), memRef (delta), or ZERO. */
   private readonly map = new PageIndex();
-  private readonly writer: SegmentWriter;
+  /** A full batch's segment; null for a delta batch (its pages are in the store's arena). */
+  private readonly writer: SegmentWriter | null;
+  /** A delta batch's journal record: what it was given, in order. */
+  private readonly chunks: JournalChunk[] = [];
   private cleanup: Promise<void> | null = null;
   private commitRun: Promise<unknown> | null = null;
-  /** cancelCommit() was called in time: the manifest switch will not happen. */
+  /** cancelCommit() was called in time: the commit point will not be passed. */
   private cancelRequested = false;
-  /** The manifest switch began: too late to cancel. */
+  /** The commit point was reached (manifest switch, journal append): too late to cancel. */
   private switching = false;
 
   /** @internal */
@@ -1084,7 +1481,7 @@ export class EpochBatch {
     this.epoch = b.epoch;
     this.base = b.base;
     this.full = b.full;
-    this.writer = new SegmentWriter({
+    this.writer = !b.full ? null : new SegmentWriter({
       path,
       header: encodeSegmentHeader(seq, b.epoch),
       fsync: store.useFsync,
@@ -1100,9 +1497,10 @@ export class EpochBatch {
 
   /**
    * Adds pages (`data`: addrs.length × 4096 bytes, in the order of `addrs`). They are
-   * visible to store.readPage() at once. `data` is copied, except when it is 8 MiB or
-   * more: then it is written from where it is, and must not change until the returned
-   * promise resolves. Await the promise: it is the backpressure (and reports a failed write).
+   * visible to store.readPage() at once. `data` is copied, except in a full batch when it
+   * is 8 MiB or more: then it is written from where it is, and must not change until the
+   * returned promise resolves. Await the promise: it is the backpressure (and reports a
+   * failed write).
    */
   addPages(addrs: BigUint64Array, data: Buffer): Promise<void> {
     const bad = this.check();
@@ -1117,6 +1515,11 @@ export class EpochBatch {
     } catch (e) {
       return Promise.reject(e);
     }
+    if (!this.writer) {
+      this.putNumbered(pns, data);
+      this.chunks.push({ p: Buffer.from(addrsToBuffer(addrs)), d: Buffer.from(data) });
+      return Promise.resolve();
+    }
     const { firstSlot, referenced } = this.writer.append(data, addrs.length);
     for (let i = 0; i < pns.length; i++) this.map.set(pns[i]!, firstSlot + i);
     this.store.recent?.put(pns, data);
@@ -1128,30 +1531,84 @@ export class EpochBatch {
   addZeroPages(addrs: BigUint64Array): Promise<void> {
     const bad = this.check();
     if (bad) return Promise.reject(bad);
-    let pns: Float64Array;
     try {
-      pns = pageNumbers(addrs);
+      this.putZeros(addrs);
     } catch (e) {
       return Promise.reject(e);
     }
-    for (let i = 0; i < pns.length; i++) this.map.set(pns[i]!, ZERO);
-    const recent = this.store.recent;
-    if (recent) for (let i = 0; i < pns.length; i++) recent.delete(pns[i]!);
-    this.added += addrs.length;
+    if (!this.writer && addrs.length > 0) this.chunks.push({ z: Buffer.from(addrsToBuffer(addrs)) });
     return Promise.resolve();
   }
 
   /**
+   * Adds the pages of one frame as it came off the wire (`frame`) and decoded (`pages`).
+   * A delta batch journals the frame, not the decoded pages: a tenth of the bytes.
+   */
+  async addFrame(frame: EncodedPages, pages: DecodedPages): Promise<void> {
+    if (this.writer) {
+      if (pages.addrs.length) await this.addPages(pages.addrs, pages.pages);
+      if (pages.zeros.length) await this.addZeroPages(pages.zeros);
+      return;
+    }
+    const bad = this.check();
+    if (bad) throw bad;
+    if (pages.pages.length !== pages.addrs.length * PAGE_SIZE) throw new RangeError('addFrame: decoded pages and addresses differ in length');
+    this.putPages(pages.addrs, pages.pages);
+    this.putZeros(pages.zeros);
+    // The frame's buffers are views of what the socket delivered, never reused: kept as they are.
+    this.chunks.push({ f: { codec: frame.codec, addrs: frame.addrs, zeros: frame.zeros, rawBytes: frame.rawBytes, data: frame.data } });
+  }
+
+  /** @internal (replay) pages into the arena, without journaling them. */
+  putPages(addrs: BigUint64Array, data: Buffer): void {
+    if (addrs.length) this.putNumbered(pageNumbers(addrs), data);
+  }
+
+  private putNumbered(pns: Float64Array, data: Buffer): void {
+    const arena = this.store.arena;
+    const recent = this.store.recent;
+    for (let i = 0; i < pns.length; i++) {
+      const prev = this.map.get(pns[i]!);
+      if (prev !== undefined && isMem(prev)) arena.free(memSlot(prev));
+      this.map.set(pns[i]!, memRef(arena.put(data, i * PAGE_SIZE)));
+      // Read from the arena from now on (RecentPages holds pages that live in segments).
+      recent?.delete(pns[i]!);
+    }
+    this.added += pns.length;
+  }
+
+  /** @internal zero pages, without journaling them. */
+  putZeros(addrs: BigUint64Array): void {
+    if (addrs.length === 0) return;
+    const pns = pageNumbers(addrs);
+    const arena = this.store.arena;
+    const recent = this.store.recent;
+    for (let i = 0; i < pns.length; i++) {
+      const prev = this.map.get(pns[i]!);
+      if (prev !== undefined && isMem(prev)) arena.free(memSlot(prev));
+      this.map.set(pns[i]!, ZERO);
+      recent?.delete(pns[i]!);
+    }
+    this.added += pns.length;
+  }
+
+  /**
    * Makes the batch the committed epoch: durable when this resolves. On failure the
-   * previous committed epoch is intact and the batch's file is gone.
+   * previous committed epoch is intact and the batch's file (or journal record) is gone.
    */
   commit(state: EpochState, info: { committedAt?: number } = {}): Promise<CommittedEpoch> {
     const bad = this.check();
     if (bad) return this.cleanupThen(bad);
     this.status = 'committing';
-    const run = this.doCommit(state, info.committedAt ?? Date.now());
+    const run = this.writer ? this.doCommit(state, info.committedAt ?? Date.now()) : this.doCommitDelta(state, null, info.committedAt ?? Date.now(), false);
     this.commitRun = run;
     return run;
+  }
+
+  /** @internal (replay) commits a journal record's batch without writing it again. */
+  replayCommit(state: EpochState, stateBytes: Buffer, committedAt: number): Promise<CommittedEpoch> {
+    this.status = 'committing';
+    return this.doCommitDelta(state, stateBytes, committedAt, true);
   }
 
   /**
@@ -1159,13 +1616,20 @@ export class EpochBatch {
    * an fsync that may take a hundred milliseconds). True: the committed epoch stays the
    * previous one whatever happens next, the batch's pages are no longer visible, a later
    * commit() fails, and its file goes once it is aborted (open) or its fsync returns
-   * (committing). False: too late (the manifest switch began: wait for the commit), or the
-   * batch is over.
+   * (committing). False: too late (the commit point was reached: wait for the commit), or
+   * the batch is over.
    */
   cancelCommit(): boolean {
     if ((this.status !== 'committing' && this.status !== 'open') || this.switching) return false;
     this.cancelRequested = true;
     this.store.recent?.clear(); // its pages are unseen from now on
+    return true;
+  }
+
+  /** @internal the commit point is being passed: false if cancelled. */
+  beginSwitch(): boolean {
+    if (this.cancelRequested) return false;
+    this.switching = true;
     return true;
   }
 
@@ -1179,7 +1643,7 @@ export class EpochBatch {
     if (this.status === 'open') {
       this.status = 'aborted';
       this.store.release(this);
-      this.cleanup = this.writer.destroy();
+      this.cleanup = this.dispose();
     }
     await this.cleanup;
   }
@@ -1194,7 +1658,7 @@ export class EpochBatch {
 
   /** @internal */
   readSlotInto(slot: number, out: Buffer, at: number): void {
-    this.writer.readSlotInto(slot, out, at);
+    this.writer!.readSlotInto(slot, out, at);
   }
 
   /** @internal for store.close(): aborts an open batch, waits for a commit in progress. */
@@ -1221,15 +1685,66 @@ export class EpochBatch {
     return `the batch of epoch ${this.epoch} is dropped; ${c === null ? 'the store stays empty' : `committed epoch ${c} is intact`}`;
   }
 
+  /** Frees what the batch holds: its segment file, or its pages in the arena. */
+  private dispose(): Promise<void> {
+    if (this.writer) return this.writer.destroy();
+    const arena = this.store.arena;
+    this.map.forEach((v) => { if (isMem(v)) arena.free(memSlot(v)); });
+    this.chunks.length = 0;
+    return Promise.resolve();
+  }
+
   private fail(e: StoreError): void {
     if (this.status !== 'open' && this.status !== 'committing') return;
     this.error = e;
     this.status = 'failed';
     this.store.release(this);
-    this.cleanup = this.writer.destroy();
+    this.cleanup = this.dispose();
+  }
+
+  private async doCommitDelta(state: EpochState, given: Buffer | null, committedAt: number, replay: boolean): Promise<CommittedEpoch> {
+    try {
+      const cov = coverageOf(state.vmas);
+      const stateBytes = given ?? encodeState(state);
+      const map = this.map;
+      const recent = this.store.recent;
+      const arena = this.store.arena;
+      map.forEach((v, k) => {
+        if (covers(cov, k)) return;
+        if (isMem(v)) arena.free(memSlot(v));
+        map.delete(k);
+        recent?.delete(k);
+      });
+      const record = replay ? null : (pages: number): Buffer[] => encodeRecord(
+        { epoch: this.epoch, base: this.base, generation: this.generation, committedAt, pages },
+        { lineage: this.lineage, state: stateBytes, chunks: this.chunks },
+      );
+      const result = await this.store.commitDelta(this, map, given ? state : decodeState(stateBytes), stateBytes, cov, committedAt, record, () => this.consequence());
+      this.status = 'committed';
+      this.chunks.length = 0;
+      this.store.release(this);
+      return result;
+    } catch (e) {
+      // Past the commit point (a failpoint threw after it), the epoch is committed.
+      return this.failCommit(e, `committing the epoch ${this.epoch}`, this.store.committedEpochNumber === this.epoch && this.switching);
+    }
+  }
+
+  /** A commit threw: the batch is committed anyway (`committed`) or failed and cleaned up. */
+  private async failCommit(e: unknown, doing: string, committed: boolean): Promise<never> {
+    const err = e instanceof StoreError ? e : ioError(e, doing, this.path, this.consequence());
+    this.status = committed ? 'committed' : 'failed';
+    this.store.release(this);
+    if (!committed) {
+      this.error = err;
+      this.cleanup = this.dispose();
+      await this.cleanup;
+    }
+    throw err;
   }
 
   private async doCommit(state: EpochState, committedAt: number): Promise<CommittedEpoch> {
+    const writer = this.writer!;
     let seg: Segment | null = null;
     try {
       const cov = coverageOf(state.vmas);
@@ -1241,33 +1756,21 @@ export class EpochBatch {
       const { keys: pageNos, vals } = map.sorted();
       const slots = Int32Array.from(vals);
       const meta: SegmentMeta = {
-        version: FORMAT_VERSION, seq: this.seq, kind: this.full ? 'full' : 'delta', lineage: this.lineage, generation: this.generation,
-        epoch: this.epoch, committedAt, dataSlots: this.writer.slots, pageNos, slots, coverage: cov, state: stateBytes,
+        version: SEGMENT_VERSION, seq: this.seq, kind: 'full', lineage: this.lineage, generation: this.generation,
+        epoch: this.epoch, committedAt, dataSlots: writer.slots, pageNos, slots, coverage: cov, state: stateBytes,
       };
-      const { fh, size } = await this.writer.finish(encodeSegmentTail(meta));
-      if (this.cancelRequested) throw new StoreError('STATE', `the commit of epoch ${this.epoch} was cancelled`);
-      this.switching = true;
+      const { fh, size } = await writer.finish(encodeSegmentTail(meta));
+      if (!this.beginSwitch()) throw new StoreError('STATE', `the commit of epoch ${this.epoch} was cancelled`);
       meta.state = EMPTY;
-      seg = new Segment(segmentName(this.seq), this.path, fh, meta, size);
+      seg = new Segment(segmentName(this.seq), this.path, fh, meta, size, cov);
       this.store.hook('commit:synced');
       const result = await this.store.switchToBatch(this, seg, this.map, decodeState(stateBytes), stateBytes, cov);
       this.status = 'committed';
       this.store.release(this);
       return result;
     } catch (e) {
-      const err = e instanceof StoreError ? e : ioError(e, `committing ${`the segment of epoch ${this.epoch}`}`, this.path, this.consequence());
-      if (seg && this.store.isLive(seg.name)) {
-        // The manifest was switched (only the directory fsync failed): the epoch is committed.
-        this.status = 'committed';
-        this.store.release(this);
-        throw err;
-      }
-      this.error = err;
-      this.status = 'failed';
-      this.store.release(this);
-      this.cleanup = this.writer.destroy();
-      await this.cleanup;
-      throw err;
+      // The manifest was switched (only the directory fsync failed): the epoch is committed.
+      return this.failCommit(e, `committing the segment of epoch ${this.epoch}`, seg !== null && this.store.isLive(seg.name));
     }
   }
 }

@@ -175,7 +175,11 @@ export class Standby extends EventEmitter {
       if (o.autoPromote !== false) throw e;
       s.#log.warn({ err: (e as Error).message }, 'no usable CRIU: `replicate promote` will fail until there is one');
     }
-    s.#store = await EpochStore.open(o.dir, { fsync: o.fsync ?? true });
+    s.#store = await EpochStore.open(o.dir, { fsync: o.fsync ?? true, decoder: s.#decoder });
+    const rec = s.#store.recovered;
+    if (rec.records > 0 || rec.tornBytes > 0) {
+      s.#log.info({ records: rec.records, tornBytes: rec.tornBytes }, `replayed ${rec.records} journal record(s)${rec.tornBytes ? `; cut off ${rec.tornBytes} bytes of an unfinished one` : ''}`);
+    }
     const stale = pruneStaleRestoreDirs(o.promotion?.restoreRoot ?? defaultRestoreRoot(o.dir));
     if (stale.length) s.#log.info({ removed: stale }, 'removed restore directories of standbys that are gone');
     const c = s.#store.committed;
@@ -625,9 +629,11 @@ export class Standby extends EventEmitter {
 
   async addPages(batch: EpochBatch, m: PagesMsg): Promise<number> {
     const d = await this.#decoder.decode(m, this.#readBase);
-    if (d.addrs.length) await batch.addPages(d.addrs, d.pages);
-    if (d.zeros.length) await batch.addZeroPages(d.zeros);
-    this.#decoder.release?.(d);
+    try {
+      await batch.addFrame(m, d);
+    } finally {
+      this.#decoder.release?.(d);
+    }
     const wire = m.data.length + m.addrs.length + m.zeros.length;
     this.#raw += (d.addrs.length + d.zeros.length) * 4096;
     this.#wire += wire;
@@ -697,7 +703,7 @@ class Session {
 
   /**
    * Drops what is queued and not yet started: the run ends after the message in hand. A
-   * commit in hand is cancelled when its manifest switch has not begun; then true: the
+   * commit in hand is cancelled when its commit point (journal append, or manifest switch of a full batch) has not been reached; then true: the
    * committed epoch will not change, and the caller need not wait for the run to end.
    */
   abandon(): boolean {

@@ -4,7 +4,10 @@
 //   store.ts commit-loop DIR            commits epochs forever, printing "C <epoch>" after each
 //   store.ts compact-loop DIR           commits an epoch, then compacts, forever ("K <epoch>")
 //   store.ts failpoint DIR POINT N WHAT kills itself with SIGKILL the Nth time POINT is reached
-//                                       while doing WHAT: delta | full | compact | generation
+//                                       while doing WHAT: delta | full | compact | checkpoint | generation
+//
+// The loops checkpoint once 64 pages are held in memory (every two or three epochs), so that
+// kills land in journal appends, checkpoints and compactions alike.
 //
 // Every page of the deterministic workload carries, in each u64 word, (epoch << 32 | page
 // index): a page torn between two epochs or put at the wrong address is detected.
@@ -184,7 +187,7 @@ async function childMain(argv: string[]): Promise<void> {
   const [mode, dir, point, nth, what] = argv;
   const say = (s: string): void => { process.stdout.write(`${s}\n`); };
   if (mode === 'commit-loop') {
-    const store = await EpochStore.open(dir!);
+    const store = await EpochStore.open(dir!, { checkpointBytes: 64 * PAGE });
     if (!store.committed) await commitWork(store, 1);
     say('READY');
     for (;;) {
@@ -194,7 +197,7 @@ async function childMain(argv: string[]): Promise<void> {
     }
   }
   if (mode === 'compact-loop') {
-    const store = await EpochStore.open(dir!, { autoCompact: false });
+    const store = await EpochStore.open(dir!, { autoCompact: false, checkpointBytes: 64 * PAGE });
     if (!store.committed) await commitWork(store, 1);
     say('READY');
     for (;;) {
@@ -223,6 +226,8 @@ async function childMain(argv: string[]): Promise<void> {
       await batch.commit(makeState(e, [vma(0, WORK_PAGES)]), { committedAt: 1_000_000 + e });
     } else if (what === 'compact') {
       await store.compact();
+    } else if (what === 'checkpoint') {
+      await store.checkpoint();
     } else if (what === 'generation') {
       await store.setGeneration(7);
     }

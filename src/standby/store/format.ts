@@ -10,7 +10,10 @@ export const PAGE_SIZE = 4096;
 /** Page data starts after a header of one page, so that every slot is page-aligned. */
 export const SEGMENT_HEADER_SIZE = 4096;
 export const FOOTER_SIZE = 64;
-export const FORMAT_VERSION = 1;
+/** The manifest's format. 2: it names a journal (1: segments only; still read). */
+export const FORMAT_VERSION = 2;
+/** The segments' format (the same under manifests 1 and 2). */
+export const SEGMENT_VERSION = 1;
 export const MANIFEST_NAME = 'MANIFEST';
 export const MANIFEST_TMP = 'MANIFEST.tmp';
 /** Slot value meaning "this page is all zeros" (no data on disk). */
@@ -164,6 +167,21 @@ export function coverageContains(outer: Float64Array, inner: Float64Array): bool
   return true;
 }
 
+/** The page numbers in both coverages, as a coverage. */
+export function intersectCoverage(a: Float64Array, b: Float64Array): Float64Array {
+  const out: number[] = [];
+  let i = 0;
+  let j = 0;
+  while (i < a.length && j < b.length) {
+    const s = Math.max(a[i]!, b[j]!);
+    const e = Math.min(a[i + 1]!, b[j + 1]!);
+    if (s < e) out.push(s, e);
+    if (a[i + 1]! < b[j + 1]!) i += 2;
+    else j += 2;
+  }
+  return Float64Array.from(out);
+}
+
 // ---------------------------------------------------------------------------------------
 // Segment files
 
@@ -183,7 +201,12 @@ export interface SegmentMeta {
   /** The batch's final page table, ascending page numbers, slot or ZERO. */
   pageNos: Float64Array;
   slots: Int32Array;
-  /** The VMA coverage of the state this segment was committed with. */
+  /**
+   * Pages outside it are dropped when the index is rebuilt, before this segment's pages
+   * are put in: the VMA coverage of the state it was committed with, or for a checkpoint,
+   * the intersection of the coverages of every epoch it spans (a page unmapped in any of
+   * them and not written since is gone).
+   */
   coverage: Float64Array;
   /** The EpochState, msgpack (see encodeState). */
   state: Buffer;
@@ -192,7 +215,7 @@ export interface SegmentMeta {
 export function encodeSegmentHeader(seq: number, epoch: number): Buffer {
   const h = Buffer.alloc(SEGMENT_HEADER_SIZE);
   SEG_MAGIC.copy(h, 0);
-  h.writeUInt32LE(FORMAT_VERSION, 8);
+  h.writeUInt32LE(SEGMENT_VERSION, 8);
   h.writeUInt32LE(SEGMENT_HEADER_SIZE, 12);
   h.writeDoubleLE(seq, 16);
   h.writeDoubleLE(epoch, 24);
@@ -213,7 +236,7 @@ export function encodeSegmentTail(meta: SegmentMeta): Buffer {
   const metaOffset = slotOffset(meta.dataSlots);
   const footer = Buffer.alloc(FOOTER_SIZE);
   FOOTER_MAGIC.copy(footer, 0);
-  footer.writeUInt32LE(FORMAT_VERSION, 8);
+  footer.writeUInt32LE(SEGMENT_VERSION, 8);
   footer.writeUInt32LE(crc32(body), 12);
   footer.writeDoubleLE(metaOffset, 16);
   footer.writeDoubleLE(body.length, 24);
@@ -229,7 +252,7 @@ export function decodeSegmentFooter(footer: Buffer, fileSize: number, path: stri
   if (footer.length !== FOOTER_SIZE || !footer.subarray(0, 8).equals(FOOTER_MAGIC)) throw bad('no footer (an unfinished batch?)');
   if (crc32(footer.subarray(0, 60)) !== footer.readUInt32LE(60)) throw bad('footer checksum mismatch');
   const version = footer.readUInt32LE(8);
-  if (version !== FORMAT_VERSION) throw bad(`format version ${version}, this build reads ${FORMAT_VERSION}`);
+  if (version !== SEGMENT_VERSION) throw bad(`format version ${version}, this build reads ${SEGMENT_VERSION}`);
   const f = {
     metaCrc: footer.readUInt32LE(12),
     metaOffset: footer.readDoubleLE(16),
@@ -293,6 +316,12 @@ export interface Manifest {
   state: string;
   /** The next segment sequence number to use. */
   nextSeq: number;
+  /**
+   * Format 2: the journal whose records from byte `journalFrom` on apply after `epoch`
+   * (the file may not exist yet: then it is empty). Absent in format 1.
+   */
+  journal?: string;
+  journalFrom?: number;
 }
 
 export function encodeManifest(m: Manifest): Buffer {
@@ -314,7 +343,11 @@ export function decodeManifest(buf: Buffer, path: string): Manifest {
   } catch (e) {
     throw bad(`not JSON (${(e as Error).message})`);
   }
-  if (m.format !== FORMAT_VERSION) throw bad(`format version ${String(m.format)}, this build reads ${FORMAT_VERSION}`);
+  if (m.format !== FORMAT_VERSION && m.format !== 1) throw bad(`format version ${String(m.format)}, this build reads 1 and ${FORMAT_VERSION}`);
+  if (m.journal !== undefined && (typeof m.journal !== 'string' || !/^jrn-[0-9a-f]{12}\.rrj$/.test(m.journal)
+    || !Number.isSafeInteger(m.journalFrom) || m.journalFrom! < 0)) {
+    throw bad('journal fields inconsistent');
+  }
   const ints = [m.generation, m.epoch, m.committedAt, m.pages, m.nextSeq];
   if (typeof m.lineage !== 'string' || ints.some((v) => !Number.isSafeInteger(v) || v < 0)
     || !Array.isArray(m.segments) || m.segments.length === 0 || new Set(m.segments).size !== m.segments.length

@@ -6,9 +6,11 @@
 // writes are mostly the ones it wrote just before, so a few megabytes hold nearly every base.
 //
 // What it holds is exactly what the store would answer (the open batch's version, else the
-// committed one): the store puts every page a batch adds, forgets pages that become zero or
-// leave the layout, and drops everything when a batch does not commit (aborted, failed,
-// cancelled) or a full batch begins. Eviction: CLOCK (second chance) over fixed slots.
+// committed one): the store puts every page a full batch adds and every page a checkpoint
+// moves from memory to a segment, forgets pages that a delta batch writes (those are read
+// from the store's memory until a checkpoint), become zero or leave the layout, and drops
+// everything when a batch does not commit (aborted, failed, cancelled) or a full batch
+// begins. Eviction: CLOCK (second chance) over fixed slots.
 //
 //   slots   [page 0 | page 1 | ... | page capacity-1]   (4096 bytes each)
 //   index   page number -> slot (PageIndex)

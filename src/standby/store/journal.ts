@@ -1,0 +1,179 @@
+// The store's journal: one record per committed delta batch, appended and fdatasync'd. A
+// record holds what arrived on the wire (the encoded page frames, a few percent of the
+// decoded pages' size) and the EpochState, so a commit writes about a tenth of what a
+// segment of decoded pages would. Replaying a record needs the page decoder and the pages
+// as of the record before it: the checkpoint's segments, then the records in order.
+//
+//   jrn-<seq>.rrj: records back to back; the manifest says from which offset they apply
+//
+//   0    +-----------------------------------------------------------+
+//        | "RRJREC01"                                                |
+//   8    | u32 crc32(header bytes 12..64)  u32 crc32(body)           |
+//   16   | f64 bodyLength  f64 epoch  f64 base  f64 generation       |
+//   48   | f64 committedAt  f64 pages (live pages after this epoch)  |
+//   64   +-----------------------------------------------------------+
+//        | body, msgpack: {lineage, state: bin (EpochState msgpack), |
+//        |   chunks: [ {f: PagesMsg fields}  an encoded frame        |
+//        |           | {p: u64 addrs, d: pages}  raw pages           |
+//        |           | {z: u64 addrs} ]}         zero pages          |
+//        +-----------------------------------------------------------+
+//
+// A record counts once it is whole: both checksums match and the next record chains on it
+// (base = the epoch before). Replay stops at the first that is not, and the tail after it
+// (a write torn by a crash, or one that failed and was not acknowledged) is cut off.
+import { crc32 } from 'node:zlib';
+import { constants } from 'node:fs';
+import { open, type FileHandle } from 'node:fs/promises';
+import { Packr } from 'msgpackr';
+import type { EncodedPages } from '../../codec/page-codec.js';
+import { StoreError, ioError } from './errors.js';
+import { readExactly, writevAll } from './segment-writer.js';
+
+export const JOURNAL_HEADER_SIZE = 64;
+const MAGIC = Buffer.from('RRJREC01', 'latin1');
+
+const packr = new Packr({ useRecords: false, mapsAsObjects: true, moreTypes: false });
+
+export function journalName(seq: number): string {
+  return `jrn-${seq.toString(16).padStart(12, '0')}.rrj`;
+}
+
+export function parseJournalName(name: string): number | null {
+  const m = /^jrn-([0-9a-f]{12})\.rrj$/.exec(name);
+  return m ? parseInt(m[1]!, 16) : null;
+}
+
+export type JournalChunk =
+  | { f: EncodedPages }
+  | { p: Buffer; d: Buffer }
+  | { z: Buffer };
+
+export interface JournalHead { epoch: number; base: number; generation: number; committedAt: number; pages: number; bodyLength: number }
+
+export interface JournalBody { lineage: string; state: Buffer; chunks: JournalChunk[] }
+
+/** A record as the buffers to write (header, body). */
+export function encodeRecord(head: Omit<JournalHead, 'bodyLength'>, body: JournalBody): Buffer[] {
+  const b = packr.pack(body);
+  const h = Buffer.alloc(JOURNAL_HEADER_SIZE);
+  MAGIC.copy(h, 0);
+  h.writeUInt32LE(crc32(b), 12);
+  h.writeDoubleLE(b.length, 16);
+  h.writeDoubleLE(head.epoch, 24);
+  h.writeDoubleLE(head.base, 32);
+  h.writeDoubleLE(head.generation, 40);
+  h.writeDoubleLE(head.committedAt, 48);
+  h.writeDoubleLE(head.pages, 56);
+  h.writeUInt32LE(crc32(h.subarray(12)), 8);
+  return [h, b];
+}
+
+/** The header's fields, or null if it is not a whole, valid header. */
+export function decodeHead(h: Buffer): JournalHead | null {
+  if (h.length < JOURNAL_HEADER_SIZE || !h.subarray(0, 8).equals(MAGIC)) return null;
+  if (h.readUInt32LE(8) !== crc32(h.subarray(12, JOURNAL_HEADER_SIZE))) return null;
+  const head = {
+    bodyLength: h.readDoubleLE(16), epoch: h.readDoubleLE(24), base: h.readDoubleLE(32),
+    generation: h.readDoubleLE(40), committedAt: h.readDoubleLE(48), pages: h.readDoubleLE(56),
+  };
+  for (const v of Object.values(head)) if (!Number.isSafeInteger(v) || v < 0) return null;
+  return head;
+}
+
+export function decodeBody(b: Buffer, path: string): JournalBody {
+  let body: JournalBody;
+  try {
+    body = packr.unpack(b) as JournalBody;
+  } catch (e) {
+    throw new StoreError('CORRUPT', `journal ${path} is corrupt: a record's body does not decode (${(e as Error).message})`, { path });
+  }
+  if (typeof body?.lineage !== 'string' || !Buffer.isBuffer(body.state) || !Array.isArray(body.chunks)) {
+    throw new StoreError('CORRUPT', `journal ${path} is corrupt: a record's body lacks its fields`, { path });
+  }
+  return body;
+}
+
+export interface ScannedRecord { head: JournalHead; offset: number; end: number }
+
+/**
+ * The whole records from `from`, in order, each chaining on the one before (`after`: the
+ * epoch the first must be based on). `withBody`: also reads and checks the body. Stops at
+ * the first record that is not whole (see the header).
+ */
+export async function* scanJournal(fh: FileHandle, path: string, from: number, after: number, withBody: boolean):
+  AsyncGenerator<ScannedRecord & { body?: Buffer }> {
+  const size = (await fh.stat()).size;
+  const hbuf = Buffer.alloc(JOURNAL_HEADER_SIZE);
+  let pos = from;
+  let prev = after;
+  while (pos + JOURNAL_HEADER_SIZE <= size) {
+    try {
+      await readExactly(fh, hbuf, 0, JOURNAL_HEADER_SIZE, pos);
+    } catch (e) {
+      throw ioError(e, 'reading the journal', path);
+    }
+    const head = decodeHead(hbuf);
+    if (!head || head.base !== prev || head.epoch <= head.base) return;
+    const end = pos + JOURNAL_HEADER_SIZE + head.bodyLength;
+    if (end > size) return;
+    let body: Buffer | undefined;
+    if (withBody) {
+      body = Buffer.allocUnsafe(head.bodyLength);
+      try {
+        await readExactly(fh, body, 0, head.bodyLength, pos + JOURNAL_HEADER_SIZE);
+      } catch (e) {
+        throw ioError(e, 'reading the journal', path);
+      }
+      if (crc32(body) !== hbuf.readUInt32LE(12)) return;
+    }
+    yield { head, offset: pos, end, ...(body ? { body } : {}) };
+    prev = head.epoch;
+    pos = end;
+  }
+}
+
+/** The journal being appended to. Created on the first append (and its directory entry synced). */
+export class JournalWriter {
+  #fh: FileHandle | null = null;
+  #end: number;
+
+  constructor(readonly path: string, end: number, private readonly fsync: boolean, private readonly syncDir: () => Promise<void>) {
+    this.#end = end;
+  }
+
+  /** Offset after the last record written. */
+  get end(): number { return this.#end; }
+
+  /** An existing journal opened for appending at `end` (after replay). */
+  static adopt(path: string, fh: FileHandle, end: number, fsync: boolean, syncDir: () => Promise<void>): JournalWriter {
+    const w = new JournalWriter(path, end, fsync, syncDir);
+    w.#fh = fh;
+    return w;
+  }
+
+  /**
+   * Writes the record at the end and makes it durable. On failure the file is cut back to
+   * where it was (a torn record would be ignored anyway) and the error names the journal.
+   */
+  async append(bufs: Buffer[], consequence: string): Promise<void> {
+    const at = this.#end;
+    try {
+      if (!this.#fh) {
+        this.#fh = await open(this.path, constants.O_RDWR | constants.O_CREAT, 0o600);
+        if (this.fsync) await this.syncDir();
+      }
+      await writevAll(this.#fh, bufs, at);
+      if (this.fsync) await this.#fh.datasync();
+    } catch (e) {
+      await this.#fh?.truncate(at).catch(() => undefined);
+      throw ioError(e, 'appending to the journal', this.path, consequence);
+    }
+    for (const b of bufs) this.#end += b.length;
+  }
+
+  async close(): Promise<void> {
+    const fh = this.#fh;
+    this.#fh = null;
+    await fh?.close().catch(() => undefined);
+  }
+}
