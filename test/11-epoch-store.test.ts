@@ -787,6 +787,7 @@ describe('epoch store: journal', () => {
     const buf = await readFile(path);
     buf[buf.length - 5]! ^= 0xff;
     await writeFile(path, buf);
+    expect(await readCommittedInfo(dir)).toMatchObject({ epoch: 6 }); // status checks the last body too
     const s5 = await openStore(dir, { autoCompact: false });
     expect(s5.committed!.epoch).toBe(6);
     await expectModel(s5, expectedAt(6));
@@ -800,14 +801,19 @@ describe('epoch store: journal', () => {
     for (let e = 1; e <= 9; e++) await commitWork(store, e);
     expect(store.stats().memoryPages).toBeGreaterThan(0);
     const segments = store.stats().segments;
+    const before = await journalOf(dir);
     const running = store.checkpoint();
     await commitWork(store, 10); // a hole (every 7th + 3) after the checkpoint's epoch
     await running;
     expect(store.stats().segments).toBe(segments + 1);
     await expectModel(store, expectedAt(10));
-    // Epoch 10's pages stay in memory and its record in the journal, which was not restarted.
+    // Epoch 10's pages stay in memory; its record moved to a new journal, the old one is gone.
     expect(store.stats().memoryPages).toBeGreaterThan(0);
-    expect((await journalOf(dir)).from).toBeGreaterThan(0);
+    const after = await journalOf(dir);
+    expect(after.path).not.toBe(before.path);
+    expect(after.from).toBe(0);
+    expect(existsSync(before.path)).toBe(false);
+    expect(await readCommittedInfo(dir)).toMatchObject({ epoch: 10 });
     await closeStore(store);
     const again = await openStore(dir, { autoCompact: false });
     expect(again.recovered.records).toBe(1);
@@ -821,6 +827,22 @@ describe('epoch store: journal', () => {
     const third = await openStore(dir, { autoCompact: false });
     expect(third.recovered.records).toBe(0);
     await expectModel(third, expectedAt(10));
+  });
+
+  it('a checkpoint does not hand RecentPages a page that an open batch has rewritten meanwhile', async () => {
+    const dir = await tempDir();
+    const store = await openStore(dir, { autoCompact: false });
+    for (let e = 1; e <= 3; e++) await commitWork(store, e);
+    const p = workload(3).data[0]!; // in memory since epoch 3
+    const running = store.checkpoint();
+    const b = store.begin({ lineage: LINEAGE, generation: 1, epoch: 4, base: 3, full: false });
+    await b.addPages(addrsOf([p]), pagesOf(4, [p]));
+    await running; // its switch saw page p of epoch 3 unchanged in the index
+    await b.commit(makeState(4, workload(4).vmas), {});
+    expect(epochOfPage((await store.readPage(addrOf(p)))!, p)).toBe(4);
+    const out = Buffer.alloc(4096);
+    store.readPagesInto(addrsOf([p]), out, Int32Array.of(0));
+    expect(epochOfPage(out, p)).toBe(4);
   });
 
   it('checkpoints by themselves once the pages in memory pass checkpointBytes; checks its options', async () => {

@@ -68,6 +68,10 @@ describe('replicate CLI', () => {
     }, 5000, 'status to show a committed epoch');
     expect(s).toMatchObject({ role: 'standby', running: true, link: 'connected' });
     expect(typeof s.lagMs).toBe('number');
+    const store = s.store as Record<string, number>;
+    expect(Object.keys(store).sort()).toEqual(['bytesOnDisk', 'journalBytes', 'memoryPages', 'segments']);
+    expect(store.segments).toBeGreaterThanOrEqual(1);
+    expect(store.bytesOnDisk).toBeGreaterThan(0);
 
     let p: Record<string, any> = {};
     await until(async () => {

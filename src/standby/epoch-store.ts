@@ -11,11 +11,11 @@
 //   │     {"format":2,"lineage":"…","generation":3,"epoch":912,"committedAt":1718…,
 //   │      "pages":262144,"segments":["seg-000000000012.rrs","seg-000000000013.rrs"],
 //   │      "state":"seg-000000000013.rrs","nextSeq":20,
-//   │      "journal":"jrn-000000000014.rrj","journalFrom":1048576}
+//   │      "journal":"jrn-000000000014.rrj","journalFrom":0}
 //   ├── seg-000000000012.rrs  live segments, oldest first; a later one overrides an earlier
 //   ├── seg-000000000013.rrs  one (the checkpoint's state is in the last)
 //   ├── jrn-000000000014.rrj  the epochs committed after `epoch`: its records from byte
-//   │                         `journalFrom` on (format: store/journal.ts)
+//   │                         `journalFrom` on (0 as written here; format: store/journal.ts)
 //   └── (MANIFEST.tmp, seg-*.rrs and jrn-*.rrj not in MANIFEST: leftovers of unfinished
 //        batches, checkpoints or compactions, deleted when the store is opened)
 //
@@ -78,9 +78,10 @@
 // Once the journal's pages in memory pass `checkpointBytes` (default 64 MiB), or the journal
 // has grown by `journalBytes` (256 MiB) since the last checkpoint, a checkpoint writes the
 // committed epoch E's pages that the journal set (in memory, or zeroed) to one segment, and
-// switches the manifest to the segments plus it, with E's identity and the journal offset
-// after E's record (a new journal when nothing was committed after E). Commits go on while
-// it writes: their records stay in the journal, their pages in memory. Pages unmapped
+// switches the manifest to the segments plus it, with E's identity and a new journal: a
+// copy of the records committed after E (made durable before the manifest names it), so
+// the old journal's space is freed. Commits go on while the segment is written; their
+// pages stay in memory. Pages unmapped
 // between two checkpoints are dropped by the segment's coverage (the intersection of the
 // coverages of the epochs it spans), as a per-epoch segment would have.
 //
@@ -125,7 +126,8 @@
 // of the committed epoch E in address order (those in memory included: it is a checkpoint
 // too) and a copy of the state, switches the manifest to it alone, and deletes the old ones:
 // crash-safe as a commit is, and it never blocks a commit for longer than the manifest
-// switch (a `full` batch committed meanwhile makes it give up). The rule keeps disk use
+// switch (a `full` batch committed meanwhile makes it give up) and the copy of the journal's
+// tail. The rule keeps disk use
 // below about (1 + deadRatio) times the live data (plus the segments since the last
 // compaction) and bounds open time and the number of files; each compaction follows at
 // least deadRatio times as many page writes as it copies, so it adds at most 1/deadRatio
@@ -145,7 +147,7 @@ import {
   parseSegmentName, segmentName, slotOffset, type Manifest, type SegmentMeta,
 } from './store/format.js';
 import {
-  JournalWriter, decodeBody, encodeRecord, journalName, parseJournalName, scanJournal, type JournalChunk,
+  JournalWriter, decodeBody, encodeRecord, journalName, lastRecord, parseJournalName, scanJournal, type JournalChunk,
 } from './store/journal.js';
 import { DirLock } from './store/lock.js';
 import { PageArena } from './store/page-arena.js';
@@ -243,35 +245,40 @@ const EMPTY = Buffer.alloc(0);
  * The manifest is replaced atomically, so this never sees a half-written one.
  */
 export async function readCommittedInfo(dir: string): Promise<(StoreIdentity & { pages: number }) | null> {
-  const path = join(resolvePath(dir), MANIFEST_NAME);
-  let raw: Buffer;
-  try {
-    raw = await readFile(path);
-  } catch (e) {
-    const code = (e as NodeJS.ErrnoException).code;
-    if (code === 'ENOENT' || code === 'ENOTDIR') return null;
-    throw ioError(e, 'reading the manifest', path);
-  }
-  const m = decodeManifest(raw, path);
-  const info = { lineage: m.lineage, generation: m.generation, epoch: m.epoch, committedAt: m.committedAt, pages: m.pages };
-  if (!m.journal) return info;
-  // The records after the checkpoint, headers only (the standby may be appending one).
-  const jpath = join(resolvePath(dir), m.journal);
-  let fh: FileHandle;
-  try {
-    fh = await open(jpath, 'r');
-  } catch (e) {
-    if ((e as NodeJS.ErrnoException).code === 'ENOENT') return info;
-    throw ioError(e, 'opening the journal', jpath);
-  }
-  try {
-    for await (const r of scanJournal(fh, jpath, m.journalFrom ?? 0, m.epoch, false)) {
-      Object.assign(info, { epoch: r.head.epoch, committedAt: r.head.committedAt, pages: r.head.pages, generation: Math.max(m.generation, r.head.generation) });
+  const abs = resolvePath(dir);
+  // A checkpoint may replace the journal between reading the manifest and opening it: then
+  // the new manifest names the new one.
+  for (let attempt = 0; ; attempt++) {
+    const path = join(abs, MANIFEST_NAME);
+    let raw: Buffer;
+    try {
+      raw = await readFile(path);
+    } catch (e) {
+      const code = (e as NodeJS.ErrnoException).code;
+      if (code === 'ENOENT' || code === 'ENOTDIR') return null;
+      throw ioError(e, 'reading the manifest', path);
     }
-  } finally {
-    await fh.close().catch(() => undefined);
+    const m = decodeManifest(raw, path);
+    const info = { lineage: m.lineage, generation: m.generation, epoch: m.epoch, committedAt: m.committedAt, pages: m.pages };
+    if (!m.journal) return info;
+    // The records after the checkpoint (the standby may be appending one).
+    const jpath = join(abs, m.journal);
+    let fh: FileHandle;
+    try {
+      fh = await open(jpath, 'r');
+    } catch (e) {
+      if ((e as NodeJS.ErrnoException).code !== 'ENOENT') throw ioError(e, 'opening the journal', jpath);
+      if (attempt > 0) return info; // named but not created yet (no epoch since): empty
+      continue;
+    }
+    try {
+      const last = await lastRecord(fh, jpath, m.journalFrom ?? 0, m.epoch);
+      if (last) Object.assign(info, { epoch: last.epoch, committedAt: last.committedAt, pages: last.pages, generation: Math.max(m.generation, last.generation) });
+    } finally {
+      await fh.close().catch(() => undefined);
+    }
+    return info;
   }
-  return info;
 }
 
 class Segment {
@@ -879,7 +886,6 @@ export class EpochStore {
       this.memPages = 0;
       const oldJournal = this.journal;
       this.journal = new JournalWriter(join(this.dir, journal), 0, this.fsync, () => this.syncDir());
-      if (oldJournal) { await oldJournal.close(); void unlink(oldJournal.path).catch(() => undefined); }
       seg.base = 0;
       this.index = map; // already filtered to `cov`; local slots are global with base 0
       this.nextBase = seg.meta.dataSlots;
@@ -896,7 +902,11 @@ export class EpochStore {
       this.coverages = [];
       this.zeroedSince = new PageIndex();
       this.hook('commit:renamed');
+      await oldJournal?.close();
       await this.syncDir();
+      // Only once the new manifest is durable: before, a power cut could bring the old one
+      // back naming a journal that is gone. (If the sync failed, the next open deletes it.)
+      if (oldJournal) void unlink(oldJournal.path).catch(() => undefined);
     });
   }
 
@@ -1312,6 +1322,8 @@ export class EpochStore {
     const path = join(this.dir, name);
     let fh: FileHandle | undefined;
     let switched = false;
+    // The new journal, until the manifest names it (removed if the switch does not happen).
+    const fresh: { journal: JournalWriter | null } = { journal: null };
     const cancelled = (): boolean => this.compactCancel || this.compactHolds > 0 || this.closing || (snapSegs.length > 0 && snapSegs[0]!.retired);
     try {
       try {
@@ -1352,13 +1364,15 @@ export class EpochStore {
           const cur = this.manifest!;
           // A full batch committed meanwhile replaced the segments: this one is moot.
           if (this.segments.length !== snapSegs.length || snapSegs.some((s, i) => this.segments[i] !== s)) return;
-          // Nothing committed since E: the journal starts afresh.
-          const rotate = (this.journal?.end ?? 0) === at.journalEnd;
-          const journal = rotate ? journalName(this.nextSeq++) : cur.journal!;
+          // A new journal, holding the records committed after E (those of the epochs that
+          // went on while the segment was written): the old one's space is freed.
+          const journal = journalName(this.nextSeq++);
+          fresh.journal = await this.journal?.copyTail(join(this.dir, journal), at.journalEnd)
+            ?? new JournalWriter(join(this.dir, journal), 0, this.fsync, () => this.syncDir());
           const next: Manifest = {
             ...cur, format: FORMAT_VERSION, lineage: id.lineage, generation: Math.max(cur.generation, id.generation), epoch: id.epoch,
             committedAt: id.committedAt, pages: at.pages, segments: kind === 'compact' ? [name] : [...cur.segments, name], state: name,
-            nextSeq: this.nextSeq, journal, journalFrom: rotate ? 0 : at.journalEnd,
+            nextSeq: this.nextSeq, journal, journalFrom: 0,
           };
           await this.writeManifest(next, kind);
           switched = true;
@@ -1385,7 +1399,11 @@ export class EpochStore {
             if (index.get(k) !== v) continue;
             const nv = slots[i] === ZERO ? ZERO : seg.base + slots[i]!;
             if (nv === v) continue;
-            if (recent && isMem(v)) { one[0] = k; recent.put(one, this.arena.view(memSlot(v))); }
+            // Not when an open batch has a newer version of it (or a full batch is open).
+            if (recent && isMem(v) && !(this.batch && (this.batch.full || this.batch.lookup(k) !== undefined))) {
+              one[0] = k;
+              recent.put(one, this.arena.view(memSlot(v)));
+            }
             this.unref(v);
             index.set(k, nv);
           }
@@ -1393,13 +1411,13 @@ export class EpochStore {
           this.coverages = this.coverages.filter((c) => c.epoch > id.epoch);
           const zeroed = this.zeroedSince;
           zeroed.forEach((e, k) => { if (e <= id.epoch) zeroed.delete(k); });
-          if (rotate) {
-            const old = this.journal;
-            this.journal = new JournalWriter(join(this.dir, journal), 0, this.fsync, () => this.syncDir());
-            if (old) { await old.close(); void unlink(old.path).catch(() => undefined); }
-          }
+          const old = this.journal;
+          this.journal = fresh.journal;
+          fresh.journal = null;
           this.hook(`${kind}:renamed`);
+          await old?.close();
           await this.syncDir();
+          if (old) void unlink(old.path).catch(() => undefined); // see switchLocked
         });
       } catch (e) {
         throw ioError(e, kind === 'compact' ? 'compacting the store' : 'checkpointing the store', path,
@@ -1411,6 +1429,10 @@ export class EpochStore {
       if (!switched) {
         await fh?.close().catch(() => undefined);
         await unlink(path).catch(() => undefined);
+      }
+      if (fresh.journal) {
+        await fresh.journal.close();
+        await unlink(fresh.journal.path).catch(() => undefined);
       }
     }
     if (switched) {

@@ -103,6 +103,11 @@ export interface StandbyStats {
   rejectedConnections: number;
   lastError: string | null;
   rttMs: number;
+  /**
+   * The store: segments (files of decoded pages), pages held in memory since the last
+   * checkpoint, the journal's bytes, and the bytes on disk in all.
+   */
+  store: { segments: number; memoryPages: number; journalBytes: number; bytesOnDisk: number };
   updatedAt: number;
 }
 
@@ -232,7 +237,9 @@ export class Standby extends EventEmitter {
       bytesPerEpoch: this.#recent.reduce((s, r) => s + r.bytes, 0) / n,
       compressionRatio: this.#wire > 0 ? this.#raw / this.#wire : 0,
       receivedBytes: this.#wire, rejectedConnections: this.#rejected, lastError: this.#lastError,
-      rttMs: this.#session?.link.rttMs ?? 0, updatedAt: Date.now(),
+      rttMs: this.#session?.link.rttMs ?? 0,
+      store: (({ segments, memoryPages, journalBytes, bytesOnDisk }) => ({ segments, memoryPages, journalBytes, bytesOnDisk }))(this.#store.stats()),
+      updatedAt: Date.now(),
     };
   }
 

@@ -23,7 +23,7 @@
 // (a write torn by a crash, or one that failed and was not acknowledged) is cut off.
 import { crc32 } from 'node:zlib';
 import { constants } from 'node:fs';
-import { open, type FileHandle } from 'node:fs/promises';
+import { open, unlink, type FileHandle } from 'node:fs/promises';
 import { Packr } from 'msgpackr';
 import type { EncodedPages } from '../../codec/page-codec.js';
 import { StoreError, ioError } from './errors.js';
@@ -48,12 +48,12 @@ export type JournalChunk =
   | { p: Buffer; d: Buffer }
   | { z: Buffer };
 
-export interface JournalHead { epoch: number; base: number; generation: number; committedAt: number; pages: number; bodyLength: number }
+export interface JournalHead { epoch: number; base: number; generation: number; committedAt: number; pages: number; bodyLength: number; bodyCrc: number }
 
 export interface JournalBody { lineage: string; state: Buffer; chunks: JournalChunk[] }
 
 /** A record as the buffers to write (header, body). */
-export function encodeRecord(head: Omit<JournalHead, 'bodyLength'>, body: JournalBody): Buffer[] {
+export function encodeRecord(head: Omit<JournalHead, 'bodyLength' | 'bodyCrc'>, body: JournalBody): Buffer[] {
   const b = packr.pack(body);
   const h = Buffer.alloc(JOURNAL_HEADER_SIZE);
   MAGIC.copy(h, 0);
@@ -77,7 +77,7 @@ export function decodeHead(h: Buffer): JournalHead | null {
     generation: h.readDoubleLE(40), committedAt: h.readDoubleLE(48), pages: h.readDoubleLE(56),
   };
   for (const v of Object.values(head)) if (!Number.isSafeInteger(v) || v < 0) return null;
-  return head;
+  return { ...head, bodyCrc: h.readUInt32LE(12) };
 }
 
 export function decodeBody(b: Buffer, path: string): JournalBody {
@@ -124,7 +124,7 @@ export async function* scanJournal(fh: FileHandle, path: string, from: number, a
       } catch (e) {
         throw ioError(e, 'reading the journal', path);
       }
-      if (crc32(body) !== hbuf.readUInt32LE(12)) return;
+      if (crc32(body) !== head.bodyCrc) return;
     }
     yield { head, offset: pos, end, ...(body ? { body } : {}) };
     prev = head.epoch;
@@ -132,10 +132,34 @@ export async function* scanJournal(fh: FileHandle, path: string, from: number, a
   }
 }
 
+/**
+ * The last whole record from `from` (null: none), for a reader without the lock (`replicate
+ * status --dir`): headers are walked, and the last one's body checked (the ones before it
+ * were made durable before the next was written). A record whose fdatasync has not yet
+ * returned may count already.
+ */
+export async function lastRecord(fh: FileHandle, path: string, from: number, after: number): Promise<JournalHead | null> {
+  let last: ScannedRecord | null = null;
+  let prev: ScannedRecord | null = null;
+  for await (const r of scanJournal(fh, path, from, after, false)) { prev = last; last = r; }
+  if (!last) return null;
+  const body = Buffer.allocUnsafe(last.head.bodyLength);
+  try {
+    await readExactly(fh, body, 0, body.length, last.offset + JOURNAL_HEADER_SIZE);
+  } catch (e) {
+    throw ioError(e, 'reading the journal', path);
+  }
+  return crc32(body) === last.head.bodyCrc ? last.head : prev?.head ?? null;
+}
+
 /** The journal being appended to. Created on the first append (and its directory entry synced). */
 export class JournalWriter {
   #fh: FileHandle | null = null;
   #end: number;
+  /** The file's directory entry is durable (synced once, retried until it is). */
+  #dirSynced = false;
+  /** A failed append could not be cut back durably: no more appends (see append). */
+  #broken: string | null = null;
 
   constructor(readonly path: string, end: number, private readonly fsync: boolean, private readonly syncDir: () => Promise<void>) {
     this.#end = end;
@@ -148,7 +172,34 @@ export class JournalWriter {
   static adopt(path: string, fh: FileHandle, end: number, fsync: boolean, syncDir: () => Promise<void>): JournalWriter {
     const w = new JournalWriter(path, end, fsync, syncDir);
     w.#fh = fh;
+    w.#dirSynced = true;
     return w;
+  }
+
+  /**
+   * A new journal at `path` holding this one's records from byte `from` on, durable (file
+   * and directory entry) before a manifest names it: a checkpoint's fresh start.
+   */
+  async copyTail(path: string, from: number): Promise<JournalWriter> {
+    const n = this.#end - from;
+    let fh: FileHandle | undefined;
+    try {
+      fh = await open(path, constants.O_RDWR | constants.O_CREAT | constants.O_EXCL, 0o600);
+      if (n > 0) {
+        const buf = Buffer.allocUnsafe(n);
+        await readExactly(this.#fh!, buf, 0, n, from);
+        await writevAll(fh, [buf], 0);
+      }
+      if (this.fsync) {
+        await fh.datasync();
+        await this.syncDir();
+      }
+    } catch (e) {
+      await fh?.close().catch(() => undefined);
+      await unlink(path).catch(() => undefined);
+      throw ioError(e, 'starting a new journal', path);
+    }
+    return JournalWriter.adopt(path, fh, n, this.fsync, this.syncDir);
   }
 
   /**
@@ -156,16 +207,26 @@ export class JournalWriter {
    * where it was (a torn record would be ignored anyway) and the error names the journal.
    */
   async append(bufs: Buffer[], consequence: string): Promise<void> {
+    if (this.#broken) throw new StoreError('IO', this.#broken, { path: this.path });
     const at = this.#end;
     try {
-      if (!this.#fh) {
-        this.#fh = await open(this.path, constants.O_RDWR | constants.O_CREAT, 0o600);
-        if (this.fsync) await this.syncDir();
+      this.#fh ??= await open(this.path, constants.O_RDWR | constants.O_CREAT, 0o600);
+      if (this.fsync && !this.#dirSynced) {
+        await this.syncDir();
+        this.#dirSynced = true;
       }
       await writevAll(this.#fh, bufs, at);
       if (this.fsync) await this.#fh.datasync();
     } catch (e) {
-      await this.#fh?.truncate(at).catch(() => undefined);
+      // The record may be on disk whole even so (a failed fdatasync): cut it off, durably,
+      // or a restart would find committed an epoch this one reported as failed.
+      try {
+        await this.#fh?.truncate(at);
+        if (this.fsync) await this.#fh?.datasync();
+      } catch (e2) {
+        this.#broken = `the journal ${this.path} could not be cut back after a failed write (${(e2 as Error).message}): `
+          + 'this store takes no more epochs; restart the standby (it replays the journal and cuts off what is not whole)';
+      }
       throw ioError(e, 'appending to the journal', this.path, consequence);
     }
     for (const b of bufs) this.#end += b.length;
