@@ -859,6 +859,19 @@ describe('epoch store: journal', () => {
     expect(store.stats().memoryPages).toBeLessThanOrEqual(100 + WORK_PAGES);
     await expectModel(store, expectedAt(30));
     await expect(EpochStore.open(await tempDir(), { checkpointBytes: -1 })).rejects.toThrow(/checkpointBytes must be a non-negative whole number/);
+
+    // Epochs without pages (a target asleep) still add records: past journalBytes, a
+    // checkpoint with no page starts a new journal all the same.
+    const quiet = await openStore(await tempDir(), { journalBytes: 16_384, fsync: false });
+    await commitWork(quiet, 1);
+    for (let e = 2; e <= 40; e++) {
+      await quiet.begin({ lineage: LINEAGE, generation: 1, epoch: e, base: e - 1, full: false }).commit(makeState(e, workload(1).vmas), {});
+      await quiet.idle();
+      expect(quiet.stats().journalBytes).toBeLessThan(2 * 16_384);
+    }
+    expect(quiet.stats().segments).toBeGreaterThan(1);
+    expect(quiet.committed!.epoch).toBe(40);
+    await expectModel(quiet, expectedAt(1));
   });
 });
 

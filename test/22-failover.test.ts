@@ -452,6 +452,43 @@ describe('failover', () => {
     expect(readFileSync(hook, 'utf8').trim()).toBe(`primary ${out.epoch} ${c.pid}`);
   });
 
+  it('a standby that died: `replicate promote --dir` opens its store, replays the journal and restores its last epoch', async () => {
+    const dir = tempDir('fo'); later(() => dir.remove());
+    const { file } = makeKey(dir.path);
+    const c = await startCounter(dir.path, 'c', ['--pages', '256']);
+    later(() => c.kill());
+    const standbyDir = join(dir.path, 'standby');
+    const restoreDir = join(dir.path, 'restore');
+    const [port] = await freePorts(1) as [number];
+    const sb = new CliProcess(['standby', '--listen', `127.0.0.1:${port}`, '--dir', standbyDir, '--secret-file', file, '--no-auto-promote', '--restore-dir', restoreDir]);
+    later(() => sb.stop('SIGKILL'));
+    await sb.next('listening', 15_000);
+    const pr = startPrimaryCli(c.pid, port, file);
+    later(() => killPid(Number(pr.child.pid)));
+    await pr.next('synced', 30_000);
+    for (let i = 0; i < 3; i++) await sb.next('commit', 10_000);
+    // Writers parked: the counter stays at C, and the epochs from now on all hold C.
+    expect(await query(c.port, 'pause')).toMatch(/^ok/);
+    const counter = /counter=(\d+)/.exec(await query(c.port, 'get'))![1];
+    const atPause = Number((sb.last('commit') as { epoch: number }).epoch);
+    for (let e = 0; e < 3;) if (Number((await sb.next('commit', 10_000)).epoch) > atPause) e++;
+    await sb.stop('SIGKILL');
+    killPid(Number(pr.child.pid));
+    await c.kill();
+    // Everything after the full synchronisation is in the journal only.
+    expect(readdirSync(standbyDir).filter((n) => n.endsWith('.rrj'))).toHaveLength(1);
+    const st = JSON.parse((await cli(['status', '--dir', standbyDir, '--json'])).stdout) as { running: boolean; committedEpoch: number };
+    expect(st.running).toBe(false);
+    expect(st.committedEpoch).toBeGreaterThan(atPause + 1);
+    const r = await cli(['promote', '--dir', standbyDir, '--restore-dir', restoreDir, '--json'], 120_000);
+    expect(r.code, `${r.stdout}\n${r.stderr}`).toBe(0);
+    const out = JSON.parse(r.stdout.trim().split('\n').at(-1)!);
+    expect(out).toMatchObject({ event: 'promoted', outcome: 'restored', pid: c.pid, epoch: st.committedEpoch });
+    later(() => killRestored(c.pid));
+    expect(await query(c.port, 'get')).toContain(`counter=${counter} `);
+    expect(await query(c.port, 'check')).toMatch(/^ok /);
+  });
+
   it('--self-fence-after: a primary that loses its standby stops its target', async () => {
     const dir = tempDir('fo'); later(() => dir.remove());
     const { security } = makeKey(dir.path);

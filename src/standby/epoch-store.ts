@@ -901,8 +901,8 @@ export class EpochStore {
       this.coverage = cov;
       this.coverages = [];
       this.zeroedSince = new PageIndex();
-      this.hook('commit:renamed');
       await oldJournal?.close();
+      this.hook('commit:renamed');
       await this.syncDir();
       // Only once the new manifest is durable: before, a power cut could bring the old one
       // back naming a journal that is gone. (If the sync failed, the next open deletes it.)
@@ -1065,6 +1065,9 @@ export class EpochStore {
       }
     }
     this.nextSeq = Math.max(m?.nextSeq ?? 0, maxSeq + 1, m?.journal ? parseJournalName(m.journal)! + 1 : 0);
+    // A process that died before its directory sync: make what it left (and the deletions
+    // above) durable before anything is appended to the files here.
+    await this.syncDir();
     if (!m) return;
     if (m.state !== m.segments[m.segments.length - 1]) {
       throw new StoreError('CORRUPT', `manifest ${mpath} is corrupt: the state is not in the last segment`, { path: mpath });
@@ -1298,7 +1301,9 @@ export class EpochStore {
   private async runCompaction(kind: 'compact' | 'checkpoint'): Promise<void> {
     if (!this.manifest || !this.head) return;
     if (kind === 'compact' && this.segments.length <= 1 && this.deadPages() === 0 && this.memPages === 0) return;
-    if (kind === 'checkpoint' && this.memPages === 0 && this.zeroedSince.size === 0) return;
+    // Epochs without pages still add records (their state): a long enough journal is
+    // checkpointed even so, for the new journal that comes with it.
+    if (kind === 'checkpoint' && this.memPages === 0 && this.zeroedSince.size === 0 && this.journalSince() <= this.journalBytes) return;
     if (this.compactHolds > 0) return;
     this.compactCancel = false;
     // Taken between commits, so that the index, the state and the journal offset agree.
@@ -1412,11 +1417,20 @@ export class EpochStore {
           const zeroed = this.zeroedSince;
           zeroed.forEach((e, k) => { if (e <= id.epoch) zeroed.delete(k); });
           const old = this.journal;
-          this.journal = fresh.journal;
+          const journalNow = fresh.journal!;
+          this.journal = journalNow;
           fresh.journal = null;
-          this.hook(`${kind}:renamed`);
           await old?.close();
-          await this.syncDir();
+          this.hook(`${kind}:renamed`);
+          // Until the directory is synced, the old manifest and journal may come back after a
+          // power cut: the new journal's records would be lost with it. So its next append
+          // syncs the directory first if this fails.
+          try {
+            await this.syncDir();
+          } catch (e) {
+            journalNow.needDirSync();
+            throw e;
+          }
           if (old) void unlink(old.path).catch(() => undefined); // see switchLocked
         });
       } catch (e) {

@@ -168,6 +168,11 @@ export class JournalWriter {
   /** Offset after the last record written. */
   get end(): number { return this.#end; }
 
+  /** The next append syncs the directory first (a sync of the switch that named this journal failed). */
+  needDirSync(): void {
+    this.#dirSynced = false;
+  }
+
   /** An existing journal opened for appending at `end` (after replay). */
   static adopt(path: string, fh: FileHandle, end: number, fsync: boolean, syncDir: () => Promise<void>): JournalWriter {
     const w = new JournalWriter(path, end, fsync, syncDir);
