@@ -9,11 +9,12 @@ import { join } from 'node:path';
 import { afterEach, describe, expect, it } from 'vitest';
 import { EpochStore, StoreError, readCommittedInfo, type StoreFailpoint } from '../src/standby/epoch-store.js';
 import { PageIndex } from '../src/standby/store/page-index.js';
+import { PageArena } from '../src/standby/store/page-arena.js';
 import { RecentPages } from '../src/standby/store/recent-pages.js';
 import { native } from '../src/native/binding.js';
 import { DeltaPageDecoder, DeltaPageEncoder } from '../src/codec/delta-codec.js';
 import {
-  LINEAGE, WORK_PAGES, addrOf, addrsOf, collect, commitWork, epochOfPage, expectedAt, lastReported, makeState,
+  LINEAGE, PAGE, WORK_PAGES, addrOf, addrsOf, collect, commitWork, epochOfPage, expectedAt, lastReported, makeState,
   pageOf, pagesOf, spawnStoreChild, vma, workload,
 } from './helpers/store.js';
 
@@ -203,6 +204,30 @@ describe('epoch store: recent pages', () => {
     }
     expect(epochOfPage(many.subarray((ask.length - 2) * 4096, (ask.length - 1) * 4096), 3)).toBe(2); // the open batch's version
     await b2.abort();
+  });
+});
+
+describe('epoch store: page arena', () => {
+  it('putMany and copyOut move pages in bulk across chunks; freed slots are reused only once unpinned', () => {
+    const arena = new PageArena();
+    const n = 1300; // three chunks of 512 pages
+    const slots = Int32Array.from(arena.putMany(pagesOf(1, range(0, n)), n));
+    expect(arena.used).toBe(n);
+    expect(new Set(slots).size).toBe(n);
+    const out = Buffer.alloc(n * PAGE);
+    arena.copyOut(slots, n, out, Int32Array.from(range(0, n).map((i) => n - 1 - i))); // reversed
+    for (let i = 0; i < n; i++) expect(epochOfPage(out.subarray((n - 1 - i) * PAGE, (n - i) * PAGE), i)).toBe(1);
+    expect(epochOfPage(arena.view(slots[700]!), 700)).toBe(1);
+    // Pinned (a checkpoint is reading): a freed slot is not handed out again...
+    const unpin = arena.pin();
+    arena.free(slots[5]!);
+    const other = arena.putMany(pageOf(2, 5), 1)[0]!;
+    expect(other).not.toBe(slots[5]);
+    expect(epochOfPage(arena.view(slots[5]!), 5)).toBe(1);
+    // ...until it is unpinned.
+    unpin();
+    expect(arena.putMany(pageOf(3, 5), 1)[0]).toBe(slots[5]);
+    expect(arena.used).toBe(n + 1);
   });
 });
 

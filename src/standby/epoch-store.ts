@@ -694,11 +694,25 @@ export class EpochStore {
   readPagesInto(addrs: BigUint64Array, out: Buffer, outPages: Int32Array): void {
     this.assertOpen();
     const pns = pageNumbers(addrs);
-    if (!this.recent) {
-      for (let i = 0; i < pns.length; i++) this.readUncachedInto(pns[i]!, out, outPages[i]! * PAGE_SIZE);
-      return;
+    const rest = this.recent ? this.recent.getMany(pns, out, outPages) : null;
+    // Pages in memory (the journal's, the open batch's) are copied together afterwards.
+    const n = rest ? rest.length : pns.length;
+    const slots = new Int32Array(n);
+    const to = new Int32Array(n);
+    let m = 0;
+    for (let j = 0; j < n; j++) {
+      const i = rest ? rest[j]! : j;
+      const slot = this.memSlotOf(pns[i]!);
+      if (slot >= 0) { slots[m] = slot; to[m++] = outPages[i]!; } else this.readUncachedInto(pns[i]!, out, outPages[i]! * PAGE_SIZE);
     }
-    for (const i of this.recent.getMany(pns, out, outPages)) this.readUncachedInto(pns[i]!, out, outPages[i]! * PAGE_SIZE);
+    this.arena.copyOut(slots, m, out, to);
+  }
+
+  /** The arena slot holding the newest version of page `pn`, or -1 when it is not in memory. */
+  private memSlotOf(pn: number): number {
+    const r = this.batch?.lookup(pn);
+    const v = r !== undefined ? r : this.index.get(pn);
+    return v !== undefined && isMem(v) ? memSlot(v) : -1;
   }
 
   private readUncachedInto(pn: number, out: Buffer, at: number): true | null | undefined {
@@ -1603,10 +1617,11 @@ export class EpochBatch {
   private putNumbered(pns: Float64Array, data: Buffer): void {
     const arena = this.store.arena;
     const recent = this.store.recent;
+    const slots = arena.putMany(data, pns.length);
     for (let i = 0; i < pns.length; i++) {
       const prev = this.map.get(pns[i]!);
       if (prev !== undefined && isMem(prev)) arena.free(memSlot(prev));
-      this.map.set(pns[i]!, memRef(arena.put(data, i * PAGE_SIZE)));
+      this.map.set(pns[i]!, memRef(slots[i]!));
       // Read from the arena from now on (RecentPages holds pages that live in segments).
       recent?.delete(pns[i]!);
     }
