@@ -22,11 +22,14 @@ afterEach(async () => {
   await killAll();
 });
 
-async function setup(opts: { pages?: number; threads?: number; epochMs?: number; viaProxy?: boolean; highWaterBytes?: number } = {}) {
+async function setup(opts: { pages?: number; threads?: number; epochMs?: number; viaProxy?: boolean; highWaterBytes?: number; checkpointBytes?: number } = {}) {
   const dir = tempDir('repl');
   later(() => dir.remove());
   const { security } = makeKey(dir.path);
-  const standby = await Standby.start({ host: '127.0.0.1', port: 0, dir: `${dir.path}/standby`, security, fsync: true });
+  const standby = await Standby.start({
+    host: '127.0.0.1', port: 0, dir: `${dir.path}/standby`, security, fsync: true,
+    ...(opts.checkpointBytes !== undefined ? { checkpointBytes: opts.checkpointBytes } : {}),
+  });
   later(() => standby.stop());
   const proxy = opts.viaProxy ? await FaultyProxy.start(standby.port) : undefined;
   if (proxy) later(() => proxy.close());
@@ -53,9 +56,12 @@ async function quiesce(t: Target, primary: Primary): Promise<void> {
 }
 
 describe('replication', () => {
-  it('after N epochs the standby has committed the target\'s memory, page for page', async () => {
-    const { standby, t, primary, errors } = await setup({ pages: 2048, threads: 3 });
+  // The second time with checkpoints every few epochs (and compactions): the pages reach the
+  // segments by way of memory and the journal.
+  for (const [how, checkpointBytes] of [['', undefined], [', checkpointing every few epochs', 256 << 10]] as const) it(`after N epochs the standby has committed the target's memory, page for page${how}`, async () => {
+    const { dir, standby, t, primary, errors } = await setup({ pages: 2048, threads: 3, ...(checkpointBytes ? { checkpointBytes } : {}) });
     await until(() => primary.committedEpoch >= 1, 15_000, 'the initial synchronisation');
+    const journalAtSync = readdirSync(`${dir.path}/standby`).filter((n) => n.endsWith('.rrj'));
     await t.ok('rand 30 2'); // 3 threads writing 2 % of the pages per burst, continuously
     const start = primary.committedEpoch;
     await until(() => primary.committedEpoch >= start + 20, 20_000, '20 more commits');
@@ -73,6 +79,8 @@ describe('replication', () => {
     expect(errors).toEqual([]);
     // The last batch in flight may commit after the primary stopped listening for acks.
     expect(standby.stats().committedEpoch).toBeGreaterThanOrEqual(primary.committedEpoch);
+    // Each checkpoint starts a new journal.
+    if (checkpointBytes) expect(readdirSync(`${dir.path}/standby`).filter((n) => n.endsWith('.rrj'))).not.toEqual(journalAtSync);
   });
 
   it('the connection cut in the middle of a batch: the standby keeps the previous epoch, then resynchronises', async () => {

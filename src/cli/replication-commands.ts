@@ -270,6 +270,8 @@ export function addReplicationCommands(program: Command): void {
     .requiredOption('--listen <host:port>', 'address to listen on')
     .requiredOption('--dir <dir>', 'where the committed epoch is kept')
     .option('--no-fsync', 'do not fsync commits (faster, not durable: only for tmpfs or tests)')
+    .addOption(new Option('--checkpoint-memory <size>', 'decoded pages held in memory before a checkpoint writes them to disk (less: less memory, more disk writes)')
+      .argParser(size('--checkpoint-memory')).default(64 * 2 ** 20, '64MiB'))
     .addOption(new Option('--detector <kind>', 'failure detector: phi accrual or a fixed timeout').choices(['phi', 'timeout']).default('phi'))
     .addOption(new Option('--phi-threshold <phi>', 'phi at which the primary is considered dead').argParser(numberArg('--phi-threshold', 0.5, 50)).default(8))
     .addOption(new Option('--acceptable-pause <d>', 'silence tolerated on top of the usual heartbeat gap (phi)').argParser(duration('--acceptable-pause', 0, 600_000)))
@@ -278,7 +280,7 @@ export function addReplicationCommands(program: Command): void {
     .option('--promote-on-target-exit', 'promote also when the primary reports that the process itself exited')
     .option('--apply-received', 'at promotion, first commit the epochs received but not yet applied (less loss, slower failover)')))
     .action(async (o: CommonOptions & PromotionCliOptions & {
-      listen: string; dir: string; fsync: boolean; detector: 'phi' | 'timeout'; phiThreshold: number; acceptablePause?: number; timeout: number;
+      listen: string; dir: string; fsync: boolean; checkpointMemory: number; detector: 'phi' | 'timeout'; phiThreshold: number; acceptablePause?: number; timeout: number;
       autoPromote: boolean; promoteOnTargetExit?: boolean; applyReceived?: boolean;
     }) => {
       const { host, port } = parseHostPort(o.listen);
@@ -289,7 +291,7 @@ export function addReplicationCommands(program: Command): void {
       const detector: DetectorOptions = o.detector === 'timeout' ? { kind: 'timeout', timeoutMs: o.timeout }
         : { kind: 'phi', heartbeatMs: o.heartbeat, threshold: o.phiThreshold, acceptablePauseMs: o.acceptablePause };
       const s = await Standby.start({
-        host, port, dir: resolve(o.dir), security: sec, heartbeatMs: o.heartbeat, fsync: o.fsync, logger: log, metrics,
+        host, port, dir: resolve(o.dir), security: sec, heartbeatMs: o.heartbeat, fsync: o.fsync, checkpointBytes: o.checkpointMemory, logger: log, metrics,
         detector, autoPromote: o.autoPromote, promoteOnTargetExit: !!o.promoteOnTargetExit, applyReceived: !!o.applyReceived, promotion: promotionOptions(o),
       });
       const metricsServer = await startMetrics(o.metrics, metrics, log);

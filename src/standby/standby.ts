@@ -40,6 +40,11 @@ export interface StandbyOptions {
   helloTimeoutMs?: number;
   /** fsync every commit. Default true (an ack means durable). */
   fsync?: boolean;
+  /**
+   * Decoded pages the store holds in memory before a checkpoint writes them to disk
+   * (default 64 MiB): less memory, more disk writes (see EpochStoreOptions).
+   */
+  checkpointBytes?: number;
   logger?: Logger;
   metrics?: ReplicationMetrics;
   decoder?: PageDecoder;
@@ -180,7 +185,9 @@ export class Standby extends EventEmitter {
       if (o.autoPromote !== false) throw e;
       s.#log.warn({ err: (e as Error).message }, 'no usable CRIU: `replicate promote` will fail until there is one');
     }
-    s.#store = await EpochStore.open(o.dir, { fsync: o.fsync ?? true, decoder: s.#decoder });
+    s.#store = await EpochStore.open(o.dir, {
+      fsync: o.fsync ?? true, decoder: s.#decoder, ...(o.checkpointBytes !== undefined ? { checkpointBytes: o.checkpointBytes } : {}),
+    });
     const rec = s.#store.recovered;
     if (rec.records > 0 || rec.tornBytes > 0) {
       s.#log.info({ records: rec.records, tornBytes: rec.tornBytes }, `replayed ${rec.records} journal record(s)${rec.tornBytes ? `; cut off ${rec.tornBytes} bytes of an unfinished one` : ''}`);
