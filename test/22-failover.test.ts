@@ -16,7 +16,7 @@ import { Standby, type StandbyOptions } from '../src/standby/standby.js';
 import { cli } from './helpers/cli.js';
 import { CliProcess } from './helpers/cli-process.js';
 import { freePorts } from './helpers/ports.js';
-import { field, query, startCounter, waitGone } from './helpers/counter.js';
+import { field, query, startCounter, waitGone, type CounterTarget } from './helpers/counter.js';
 import { makeKey, tempDir, until } from './helpers/replication.js';
 
 const cleanups: Array<() => Promise<void> | void> = [];
@@ -62,6 +62,27 @@ function startPrimaryCli(pid: number, port: number, keyFile: string, extra: stri
   const pr = new CliProcess(['--pid', String(pid), '--to', `127.0.0.1:${port}`, '--secret-file', keyFile, '--epoch', '50ms', ...extra]);
   later(() => pr.stop('SIGKILL'));
   return pr;
+}
+
+/**
+ * A counter (256 pages) protected through the CLI, synchronised: a `--no-auto-promote`
+ * standby (more flags from `standbyArgs`) and a primary.
+ */
+async function manualPromotionSetup(standbyArgs: (dir: string, c: CounterTarget) => string[] = () => []) {
+  const dir = tempDir('fo'); later(() => dir.remove());
+  const { file } = makeKey(dir.path);
+  const c = await startCounter(dir.path, 'c', ['--pages', '256']);
+  later(() => c.kill());
+  const standbyDir = join(dir.path, 'standby');
+  const restoreDir = join(dir.path, 'restore');
+  const [port] = await freePorts(1) as [number];
+  const sb = new CliProcess(['standby', '--listen', `127.0.0.1:${port}`, '--dir', standbyDir, '--secret-file', file, '--no-auto-promote',
+    '--restore-dir', restoreDir, ...standbyArgs(dir.path, c)]);
+  later(() => sb.stop('SIGKILL'));
+  await sb.next('listening', 15_000);
+  const pr = startPrimaryCli(c.pid, port, file);
+  await pr.next('synced', 30_000);
+  return { dir, c, standbyDir, restoreDir, sb, pr };
 }
 
 /** Waits until the standby has committed an epoch captured after `t` (wall clock). */
@@ -423,19 +444,9 @@ describe('failover', () => {
   });
 
   it('--no-auto-promote waits; `replicate promote --dir` restores, runs --on-promote with the epoch and PID', async () => {
-    const dir = tempDir('fo'); later(() => dir.remove());
-    const { file } = makeKey(dir.path);
-    const c = await startCounter(dir.path, 'c', ['--pages', '256']);
-    later(() => c.kill());
-    const standbyDir = join(dir.path, 'standby');
+    const { dir, c, standbyDir, sb, pr } = await manualPromotionSetup((d, counter) => [
+      '--health', `tcp:${counter.port}`, '--on-promote', `echo "$REPLICATE_ROLE $REPLICATE_EPOCH $REPLICATE_PID" > ${join(d, 'hook.out')}`]);
     const hook = join(dir.path, 'hook.out');
-    const [port] = await freePorts(1) as [number];
-    const sb = new CliProcess(['standby', '--listen', `127.0.0.1:${port}`, '--dir', standbyDir, '--secret-file', file, '--no-auto-promote', '--restore-dir', join(dir.path, 'restore'),
-      '--health', `tcp:${c.port}`, '--on-promote', `echo "$REPLICATE_ROLE $REPLICATE_EPOCH $REPLICATE_PID" > ${hook}`]);
-    later(() => sb.stop('SIGKILL'));
-    await sb.next('listening', 15_000);
-    const pr = startPrimaryCli(c.pid, port, file);
-    await pr.next('synced', 30_000);
     await sb.next('commit', 10_000);
     killPid(Number(pr.child.pid));
     await c.kill();
@@ -453,19 +464,7 @@ describe('failover', () => {
   });
 
   it('a standby that died: `replicate promote --dir` opens its store, replays the journal and restores its last epoch', async () => {
-    const dir = tempDir('fo'); later(() => dir.remove());
-    const { file } = makeKey(dir.path);
-    const c = await startCounter(dir.path, 'c', ['--pages', '256']);
-    later(() => c.kill());
-    const standbyDir = join(dir.path, 'standby');
-    const restoreDir = join(dir.path, 'restore');
-    const [port] = await freePorts(1) as [number];
-    const sb = new CliProcess(['standby', '--listen', `127.0.0.1:${port}`, '--dir', standbyDir, '--secret-file', file, '--no-auto-promote', '--restore-dir', restoreDir]);
-    later(() => sb.stop('SIGKILL'));
-    await sb.next('listening', 15_000);
-    const pr = startPrimaryCli(c.pid, port, file);
-    later(() => killPid(Number(pr.child.pid)));
-    await pr.next('synced', 30_000);
+    const { c, standbyDir, restoreDir, sb, pr } = await manualPromotionSetup();
     for (let i = 0; i < 3; i++) await sb.next('commit', 10_000);
     // Writers parked: the counter stays at C, and the epochs from now on all hold C.
     expect(await query(c.port, 'pause')).toMatch(/^ok/);

@@ -142,12 +142,12 @@ import type { EpochState } from '../protocol/messages.js';
 import { StoreError, ioError } from './store/errors.js';
 import {
   FOOTER_SIZE, FORMAT_VERSION, MANIFEST_NAME, MANIFEST_TMP, PAGE_SIZE, SEGMENT_HEADER_SIZE, SEGMENT_VERSION, ZERO,
-  addressesOf, coverageContains, coverageOf, covers, intersectCoverage, decodeManifest, decodeSegmentFooter, decodeSegmentMeta,
+  addressesOf, coverageContains, coverageOf, covers, intersectCoverage, journalName, parseJournalName, decodeManifest, decodeSegmentFooter, decodeSegmentMeta,
   decodeState, encodeManifest, encodeSegmentHeader, encodeSegmentTail, encodeState, pageNumberOf, pageNumbers,
   parseSegmentName, segmentName, slotOffset, type Manifest, type SegmentMeta,
 } from './store/format.js';
 import {
-  JournalWriter, decodeBody, encodeRecord, journalName, lastRecord, parseJournalName, scanJournal, type JournalChunk,
+  JournalWriter, decodeBody, encodeRecord, lastRecord, scanJournal, type JournalChunk,
 } from './store/journal.js';
 import { DirLock } from './store/lock.js';
 import { PageArena } from './store/page-arena.js';
@@ -689,40 +689,36 @@ export class EpochStore {
 
   /**
    * readPageInto for many pages at once: page addrs[i] into page outPages[i] of `out`
-   * (4096-byte units). The recent pages are copied in one native call; the rest one by one.
+   * (4096-byte units). The recent pages, then the pages in memory, are copied in bulk; the
+   * rest (from segments, or zero) one by one.
    */
   readPagesInto(addrs: BigUint64Array, out: Buffer, outPages: Int32Array): void {
     this.assertOpen();
     const pns = pageNumbers(addrs);
     const rest = this.recent ? this.recent.getMany(pns, out, outPages) : null;
-    // Pages in memory (the journal's, the open batch's) are copied together afterwards.
     const n = rest ? rest.length : pns.length;
-    const slots = new Int32Array(n);
-    const to = new Int32Array(n);
-    let m = 0;
+    const fromArena = { slots: new Int32Array(n), to: new Int32Array(n), n: 0 };
     for (let j = 0; j < n; j++) {
       const i = rest ? rest[j]! : j;
-      const slot = this.memSlotOf(pns[i]!);
-      if (slot >= 0) { slots[m] = slot; to[m++] = outPages[i]!; } else this.readUncachedInto(pns[i]!, out, outPages[i]! * PAGE_SIZE);
+      this.readUncachedInto(pns[i]!, out, outPages[i]! * PAGE_SIZE, fromArena);
     }
-    this.arena.copyOut(slots, m, out, to);
+    this.arena.copyOut(fromArena.slots, fromArena.n, out, fromArena.to);
   }
 
-  /** The arena slot holding the newest version of page `pn`, or -1 when it is not in memory. */
-  private memSlotOf(pn: number): number {
-    const r = this.batch?.lookup(pn);
-    const v = r !== undefined ? r : this.index.get(pn);
-    return v !== undefined && isMem(v) ? memSlot(v) : -1;
-  }
-
-  private readUncachedInto(pn: number, out: Buffer, at: number): true | null | undefined {
+  /** `defer`: a page in the arena is listed there (to be copied in bulk) instead of copied now. */
+  private readUncachedInto(pn: number, out: Buffer, at: number, defer?: { slots: Int32Array; to: Int32Array; n: number }): true | null | undefined {
+    const fromArena = (v: number): true => {
+      if (!defer) this.arena.readInto(memSlot(v), out, at);
+      else { defer.slots[defer.n] = memSlot(v); defer.to[defer.n++] = at / PAGE_SIZE; }
+      return true;
+    };
     const b = this.batch;
     if (b) {
       const r = b.lookup(pn);
       if (r !== undefined) {
         if (r === ZERO) { out.fill(0, at, at + PAGE_SIZE); return null; }
-        if (isMem(r)) this.arena.readInto(memSlot(r), out, at);
-        else b.readSlotInto(r, out, at);
+        if (isMem(r)) return fromArena(r);
+        b.readSlotInto(r, out, at);
         return true;
       }
     }
@@ -731,10 +727,7 @@ export class EpochStore {
       out.fill(0, at, at + PAGE_SIZE);
       return g === ZERO ? null : undefined;
     }
-    if (isMem(g)) {
-      this.arena.readInto(memSlot(g), out, at);
-      return true;
-    }
+    if (isMem(g)) return fromArena(g);
     const seg = findSegment(this.segments, g);
     try {
       readExactlySync(seg.fh.fd, out, at, PAGE_SIZE, slotOffset(g - seg.base));
@@ -856,14 +849,15 @@ export class EpochStore {
   /** @internal the batch is finished (committed, aborted or failed). */
   release(batch: EpochBatch): void {
     if (this.batch === batch) this.batch = null;
-    // Its pages were held as the newest versions: not any more.
-    if (!batch.isCommitted) this.recent?.clear();
+    // A full batch's pages were held as the newest versions: not any more. (A delta
+    // batch's pages are never there: it took them out.)
+    if (!batch.isCommitted && batch.full) this.recent?.clear();
   }
 
   /**
-   * @internal Switches the manifest to a batch's finished segment and updates the index.
-   * seg.meta holds the batch's final pages inside `cov`, ascending; `map` is its table
-   * (already filtered to `cov`), which becomes the index of a full batch.
+   * @internal Switches the manifest to a full batch's finished segment (and a new journal)
+   * and replaces the index. seg.meta holds the batch's final pages inside `cov`, ascending;
+   * `map` is its table (already filtered to `cov`), which becomes the index.
    */
   async switchToBatch(batch: EpochBatch, seg: Segment, map: PageIndex, state: EpochState, stateBytes: Buffer, cov: Float64Array): Promise<CommittedEpoch> {
     let old: Segment[] = [];
@@ -899,7 +893,7 @@ export class EpochStore {
       this.index.forEach((v) => { if (isMem(v)) this.arena.free(memSlot(v)); });
       this.memPages = 0;
       const oldJournal = this.journal;
-      this.journal = new JournalWriter(join(this.dir, journal), 0, this.fsync, () => this.syncDir());
+      this.journal = this.newJournal(join(this.dir, journal));
       seg.base = 0;
       this.index = map; // already filtered to `cov`; local slots are global with base 0
       this.nextBase = seg.meta.dataSlots;
@@ -958,7 +952,7 @@ export class EpochStore {
           await this.syncDir();
         }
         this.hook('journal:write');
-        this.journal ??= new JournalWriter(this.journalPath(), 0, this.fsync, () => this.syncDir());
+        this.journal ??= this.newJournal(this.journalPath());
         await this.journal.append(bufs, consequence());
       }
       // Committed: the pages join the index.
@@ -990,8 +984,7 @@ export class EpochStore {
         }
       }
       this.indexVersion++;
-      const lastCov = this.coverages.length ? this.coverages[this.coverages.length - 1]!.cov : this.coverage;
-      if (!sameCoverage(lastCov, cov)) this.coverages.push({ epoch: batch.epoch, cov });
+      if (!sameCoverage(this.coverage, cov)) this.coverages.push({ epoch: batch.epoch, cov });
       this.head = { lineage: batch.lineage, generation: batch.generation, epoch: batch.epoch, committedAt };
       this.state = state;
       this.stateBytes = stateBytes;
@@ -1009,6 +1002,11 @@ export class EpochStore {
   /** An index value is going away: its arena slot (if any) is free. */
   private unref(v: number): void {
     if (isMem(v)) { this.arena.free(memSlot(v)); this.memPages--; }
+  }
+
+  /** A journal not created yet: its first append creates it. */
+  private newJournal(path: string): JournalWriter {
+    return new JournalWriter(path, 0, this.fsync, () => this.syncDir());
   }
 
   /** @internal where the journal is (or will be created). */
@@ -1090,11 +1088,7 @@ export class EpochStore {
     const last = this.segments[this.segments.length - 1]!;
     this.stateBytes = last.meta.state;
     for (const seg of this.segments) seg.meta.state = EMPTY;
-    try {
-      this.state = decodeState(this.stateBytes);
-    } catch (e) {
-      throw new StoreError('CORRUPT', `segment ${last.path} is corrupt: the state does not decode (${(e as Error).message})`, { path: last.path });
-    }
+    this.state = decodeStateOrCorrupt(this.stateBytes, 'segment', last.path);
     // The state's own coverage: a checkpoint's segment records a narrower one (see SegmentMeta).
     this.coverage = coverageOf(this.state.vmas);
     this.manifest = m;
@@ -1118,7 +1112,7 @@ export class EpochStore {
     } catch (e) {
       if ((e as NodeJS.ErrnoException).code !== 'ENOENT') throw ioError(e, 'opening the journal', path);
       if (from > 0) throw new StoreError('CORRUPT', `store ${this.dir} is corrupt: journal ${name} named by the manifest is missing`, { path });
-      this.journal = new JournalWriter(path, 0, this.fsync, () => this.syncDir());
+      this.journal = this.newJournal(path);
       return;
     }
     let end = from;
@@ -1163,7 +1157,7 @@ export class EpochStore {
           batch.putZeros(bufferToAddrs(c.z));
         }
       }
-      await batch.replayCommit(decodeStateOrCorrupt(body.state, path), body.state, h.committedAt);
+      await batch.replayCommit(decodeStateOrCorrupt(body.state, 'journal', path), body.state, h.committedAt);
     } catch (e) {
       if (this.batch === batch) await batch.abort().catch(() => undefined);
       throw e;
@@ -1193,13 +1187,7 @@ export class EpochStore {
       const body = Buffer.alloc(footer.metaLength);
       await readExactly(fh, body, 0, footer.metaLength, footer.metaOffset);
       const meta = decodeSegmentMeta(body, footer, path);
-      let stateCov: Float64Array;
-      try {
-        stateCov = coverageOf(decodeState(meta.state).vmas);
-      } catch (e) {
-        throw new StoreError('CORRUPT', `segment ${path} is corrupt: the state does not decode (${(e as Error).message})`, { path });
-      }
-      return new Segment(name, path, fh, meta, size, stateCov);
+      return new Segment(name, path, fh, meta, size, coverageOf(decodeStateOrCorrupt(meta.state, 'segment', path).vmas));
     } catch (e) {
       await fh.close().catch(() => undefined);
       throw e instanceof StoreError ? e : ioError(e, 'reading a segment', path);
@@ -1307,10 +1295,10 @@ export class EpochStore {
 
   /**
    * Writes one segment as of the committed epoch E when it starts: every live page
-   * ('compact', which then replaces all segments) or the pages held in memory
-   * ('checkpoint', appended to them). The manifest then names E and the journal offset
-   * after E's record; commits go on meanwhile (their records stay in the journal), and
-   * index entries unchanged since E are pointed at the new segment.
+   * ('compact', which then replaces all segments) or the pages the journal set since the
+   * last segment ('checkpoint', appended to them). The manifest then names E and a new
+   * journal holding the records committed after E (commits go on meanwhile), and index
+   * entries unchanged since E are pointed at the new segment.
    */
   private async runCompaction(kind: 'compact' | 'checkpoint'): Promise<void> {
     if (!this.manifest || !this.head) return;
@@ -1387,7 +1375,7 @@ export class EpochStore {
           // went on while the segment was written): the old one's space is freed.
           const journal = journalName(this.nextSeq++);
           fresh.journal = await this.journal?.copyTail(join(this.dir, journal), at.journalEnd)
-            ?? new JournalWriter(join(this.dir, journal), 0, this.fsync, () => this.syncDir());
+            ?? this.newJournal(join(this.dir, journal));
           const next: Manifest = {
             ...cur, format: FORMAT_VERSION, lineage: id.lineage, generation: Math.max(cur.generation, id.generation), epoch: id.epoch,
             committedAt: id.committedAt, pages: at.pages, segments: kind === 'compact' ? [name] : [...cur.segments, name], state: name,
@@ -1492,11 +1480,12 @@ function selectSince(snap: Snapshot, zeroed: PageIndex): Snapshot {
   return { ...snap, keys, vals };
 }
 
-function decodeStateOrCorrupt(bytes: Buffer, path: string): EpochState {
+/** A stored EpochState, or CORRUPT naming the file it came from. */
+function decodeStateOrCorrupt(bytes: Buffer, file: 'segment' | 'journal', path: string): EpochState {
   try {
     return decodeState(bytes);
   } catch (e) {
-    throw new StoreError('CORRUPT', `journal ${path} is corrupt: a state does not decode (${(e as Error).message})`, { path });
+    throw new StoreError('CORRUPT', `${file} ${path} is corrupt: the state does not decode (${(e as Error).message})`, { path });
   }
 }
 
@@ -1616,30 +1605,27 @@ export class EpochBatch {
 
   private putNumbered(pns: Float64Array, data: Buffer): void {
     const arena = this.store.arena;
-    const recent = this.store.recent;
     const slots = arena.putMany(data, pns.length);
-    for (let i = 0; i < pns.length; i++) {
-      const prev = this.map.get(pns[i]!);
-      if (prev !== undefined && isMem(prev)) arena.free(memSlot(prev));
-      this.map.set(pns[i]!, memRef(slots[i]!));
-      // Read from the arena from now on (RecentPages holds pages that live in segments).
-      recent?.delete(pns[i]!);
-    }
+    for (let i = 0; i < pns.length; i++) this.setEntry(pns[i]!, memRef(slots[i]!));
     this.added += pns.length;
+  }
+
+  /**
+   * The batch's newest version of page `pn` (a memRef or ZERO): a version it superseded
+   * frees its slot, and RecentPages forgets the page (it holds pages that live in segments).
+   */
+  private setEntry(pn: number, v: number): void {
+    const prev = this.map.get(pn);
+    if (prev !== undefined && isMem(prev)) this.store.arena.free(memSlot(prev));
+    this.map.set(pn, v);
+    this.store.recent?.delete(pn);
   }
 
   /** @internal zero pages, without journaling them. */
   putZeros(addrs: BigUint64Array): void {
     if (addrs.length === 0) return;
     const pns = pageNumbers(addrs);
-    const arena = this.store.arena;
-    const recent = this.store.recent;
-    for (let i = 0; i < pns.length; i++) {
-      const prev = this.map.get(pns[i]!);
-      if (prev !== undefined && isMem(prev)) arena.free(memSlot(prev));
-      this.map.set(pns[i]!, ZERO);
-      recent?.delete(pns[i]!);
-    }
+    for (let i = 0; i < pns.length; i++) this.setEntry(pns[i]!, ZERO);
     this.added += pns.length;
   }
 
@@ -1673,7 +1659,7 @@ export class EpochBatch {
   cancelCommit(): boolean {
     if ((this.status !== 'committing' && this.status !== 'open') || this.switching) return false;
     this.cancelRequested = true;
-    this.store.recent?.clear(); // its pages are unseen from now on
+    if (this.full) this.store.recent?.clear(); // its pages are unseen from now on (see release)
     return true;
   }
 

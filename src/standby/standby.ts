@@ -227,6 +227,7 @@ export class Standby extends EventEmitter {
 
   stats(): StandbyStats {
     const c = this.#store.committed;
+    const st = this.#store.stats();
     const n = this.#recent.length || 1;
     return {
       role: this.#role, promotion: this.#promotion, restoredRunning: this.#restoredRunning,
@@ -245,7 +246,7 @@ export class Standby extends EventEmitter {
       compressionRatio: this.#wire > 0 ? this.#raw / this.#wire : 0,
       receivedBytes: this.#wire, rejectedConnections: this.#rejected, lastError: this.#lastError,
       rttMs: this.#session?.link.rttMs ?? 0,
-      store: (({ segments, memoryPages, journalBytes, bytesOnDisk }) => ({ segments, memoryPages, journalBytes, bytesOnDisk }))(this.#store.stats()),
+      store: { segments: st.segments, memoryPages: st.memoryPages, journalBytes: st.journalBytes, bytesOnDisk: st.bytesOnDisk },
       updatedAt: Date.now(),
     };
   }

@@ -50,6 +50,16 @@ export function parseSegmentName(name: string): number | null {
   return m ? parseInt(m[1]!, 16) : null;
 }
 
+/** The journal's file (store/journal.ts), numbered from the same sequence as segments. */
+export function journalName(seq: number): string {
+  return `jrn-${seq.toString(16).padStart(12, '0')}.rrj`;
+}
+
+export function parseJournalName(name: string): number | null {
+  const m = /^jrn-([0-9a-f]{12})\.rrj$/.exec(name);
+  return m ? parseInt(m[1]!, 16) : null;
+}
+
 // ---------------------------------------------------------------------------------------
 // Addresses and page numbers
 
@@ -344,7 +354,7 @@ export function decodeManifest(buf: Buffer, path: string): Manifest {
     throw bad(`not JSON (${(e as Error).message})`);
   }
   if (m.format !== FORMAT_VERSION && m.format !== 1) throw bad(`format version ${String(m.format)}, this build reads 1 and ${FORMAT_VERSION}`);
-  if (m.journal !== undefined && (typeof m.journal !== 'string' || !/^jrn-[0-9a-f]{12}\.rrj$/.test(m.journal)
+  if (m.journal !== undefined && (typeof m.journal !== 'string' || parseJournalName(m.journal) === null
     || !Number.isSafeInteger(m.journalFrom) || m.journalFrom! < 0)) {
     throw bad('journal fields inconsistent');
   }

@@ -34,15 +34,6 @@ const MAGIC = Buffer.from('RRJREC01', 'latin1');
 
 const packr = new Packr({ useRecords: false, mapsAsObjects: true, moreTypes: false });
 
-export function journalName(seq: number): string {
-  return `jrn-${seq.toString(16).padStart(12, '0')}.rrj`;
-}
-
-export function parseJournalName(name: string): number | null {
-  const m = /^jrn-([0-9a-f]{12})\.rrj$/.exec(name);
-  return m ? parseInt(m[1]!, 16) : null;
-}
-
 export type JournalChunk =
   | { f: EncodedPages }
   | { p: Buffer; d: Buffer }

@@ -27,9 +27,6 @@ export class PageArena {
   /** Slots in use (pages held), pending ones included. */
   get used(): number { return this.#used; }
 
-  /** Bytes of page memory allocated (chunks are kept once allocated). */
-  get bytes(): number { return this.#chunks.length * CHUNK_PAGES * PAGE; }
-
   /**
    * Slots holding copies of the `count` pages of `data` (4096 bytes each, in order), in
    * `slots` (reused, grown when too small).
